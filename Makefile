@@ -1,0 +1,35 @@
+# The README's two commands: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+CORES  ?= 2
+
+.PHONY: demo test dryrun lint bench clean-demo
+
+# The venv is rebuilt when the pins change. The stamp is written last, so an
+# interrupted install is redone on the next call instead of being trusted.
+$(VENV)/.installed: requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/snakemake --cores $(CORES) --configfile config.demo.yaml
+	@echo; cat results/demo/tables/classification.md
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q tests
+
+dryrun: $(VENV)/.installed
+	$(BIN)/snakemake -n --quiet rules
+
+lint: $(VENV)/.installed
+	$(BIN)/snakemake --lint
+
+bench: $(VENV)/.installed
+	$(BIN)/python bench/input_pipeline.py
+
+clean-demo:
+	rm -rf results/demo logs/demo

@@ -1,0 +1,24 @@
+# histosynth: do class-conditional synthetic images improve a histopathology
+# classifier? Run `snakemake --cores 8` (see README.md).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/classifier.smk"
+
+
+rule all:
+    input:
+        f"{RESULTS}/tables/classification.tsv",
+        f"{RESULTS}/tables/classification.md",
+        f"{RESULTS}/tables/classification.tex",
+    default_target: True

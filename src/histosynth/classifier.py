@@ -1,0 +1,188 @@
+"""Downstream classifier: train on a real subset, pick the epoch on validation, test.
+
+Follows the latent-diffusion PCam protocol (ResNet18, SGD with momentum 0.9,
+lr 1e-4, batch 32, 100 epochs, ImageNet initialisation when available).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from tqdm import tqdm
+
+from .augment import AugmentConfig
+from .batches import BatchIterator
+from .errors import InputError
+from .fileio import atomic_path, write_json, write_text
+from .metrics import classification_metrics
+from .split import read_subset
+from .store import read_store
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet169")
+STRATEGIES = ("baseline", "traditional")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    backbone: str = "resnet18"
+    pretrained_weights: str | None = None  # torchvision ImageNet state dict (.pth), if present
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    eval_batch_size: int = 256
+    device: str = "auto"  # auto | cpu | cuda
+    augmentation: dict = field(default_factory=dict)  # AugmentConfig fields, for `traditional`
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("classifier.device is 'cuda' but no CUDA device is visible")
+    return torch.device(name)
+
+
+class Classifier(nn.Module):
+    """Backbone with ImageNet input normalisation built in: it takes images in [0, 1]."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone((x - self.mean) / self.std)
+
+
+def build_classifier(backbone: str, n_classes: int, pretrained_weights: str | None = None) -> Classifier:
+    """A torchvision backbone with an `n_classes` head, ImageNet-initialised when weights exist."""
+    if backbone not in BACKBONES:
+        raise InputError(f"classifier.backbone '{backbone}' is not one of {list(BACKBONES)}")
+    net = getattr(torchvision.models, backbone)(weights=None)
+    if pretrained_weights and Path(pretrained_weights).is_file():
+        try:
+            state = torch.load(pretrained_weights, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        except Exception as e:  # wrong architecture, corrupt file, pickle payload
+            raise InputError(
+                f"{pretrained_weights}: not a torchvision {backbone} ImageNet state dict ({e})"
+            ) from e
+        print(f"[classifier] {backbone} initialised from ImageNet weights {pretrained_weights}")
+    elif pretrained_weights:
+        print(f"[classifier] ImageNet weights {pretrained_weights} not found: training {backbone} from scratch")
+    else:
+        print(f"[classifier] no ImageNet weights configured: training {backbone} from scratch")
+    # Replace the 1000-way ImageNet head with one for our classes.
+    if backbone.startswith("resnet"):
+        net.fc = nn.Linear(net.fc.in_features, n_classes)
+    else:
+        net.classifier = nn.Linear(net.classifier.in_features, n_classes)
+    return Classifier(net)
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
+    """Softmax class probabilities (N, C) for uint8 NHWC images."""
+    model.eval()
+    batches = BatchIterator(images, np.zeros(len(images), np.int64), batch_size,
+                            shuffle=False, augment=None, seed=0, device=device)
+    out = []
+    for x, _ in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x)
+        out.append(F.softmax(logits.float(), dim=1).cpu())
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def scores_for_metrics(proba: np.ndarray) -> np.ndarray:
+    """Binary tasks are scored by P(class 1); multi-class by the full probability matrix."""
+    return proba[:, 1] if proba.shape[1] == 2 else proba
+
+
+def train_classifier(
+    train_store, subset_path, valid_store, test_store, *,
+    metrics_path, history_path, model_path,
+    strategy: str, seed: int, cfg: ClassifierConfig,
+) -> dict:
+    """Train one (subset, strategy, seed) classifier; write test metrics, history and weights."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"strategy '{strategy}' is not one of {list(STRATEGIES)}")
+    device = pick_device(cfg.device)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+    subset = read_subset(subset_path)
+    x_train, y_train, class_names = read_store(train_store, subset)
+    x_valid, y_valid, valid_classes = read_store(valid_store)
+    x_test, y_test, test_classes = read_store(test_store)
+    if not (class_names == valid_classes == test_classes):
+        raise InputError(f"class names differ between {train_store}, {valid_store} and {test_store}")
+    print(f"[classifier] strategy={strategy} seed={seed} device={device} "
+          f"train={len(x_train)} valid={len(x_valid)} test={len(x_test)} classes={class_names}")
+
+    augment = AugmentConfig(**cfg.augmentation) if strategy == "traditional" else None
+    batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, augment=augment,
+                            seed=seed, device=device, drop_last=len(x_train) > cfg.batch_size)
+    model = build_classifier(cfg.backbone, len(class_names), cfg.pretrained_weights).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    history, best = [], {"auc": -math.inf}
+    best_state = None
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0, total, n = time.perf_counter(), 0.0, 0
+        for x, y in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(y)
+            n += len(y)
+        train_loss = total / max(n, 1)
+        if not math.isfinite(train_loss):
+            raise RuntimeError(f"classifier training diverged: loss {train_loss} at epoch {epoch}")
+        val = classification_metrics(y_valid, scores_for_metrics(
+            predict_proba(model, x_valid, cfg.eval_batch_size, device)))
+        row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        print("[classifier] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in row.items()))
+        # Model selection on validation AUC; NaN (single-class validation) never wins.
+        if val["auc"] > best["auc"] or best_state is None:
+            best = {"epoch": epoch, **val}
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    model.load_state_dict(best_state)
+    test_proba = predict_proba(model, x_test, cfg.eval_batch_size, device)
+    test = classification_metrics(y_test, scores_for_metrics(test_proba))
+    result = {
+        "strategy": strategy, "seed": seed, "subset": str(subset_path),
+        "best_epoch": best["epoch"], "valid": {k: v for k, v in best.items() if k != "epoch"},
+        "test": test, "n_train": int(len(x_train)), "class_names": class_names,
+        "config": asdict(cfg), "device": str(device),
+    }
+    with atomic_path(model_path) as tmp:
+        torch.save(best_state, tmp)
+    cols = list(history[0])
+    write_text(history_path, "\t".join(cols) + "\n" + "".join(
+        "\t".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n" for r in history))
+    write_json(metrics_path, result)  # written last: its presence means the job finished
+    print(f"[classifier] best epoch {best['epoch']}; test " + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
+    return result

@@ -1,0 +1,95 @@
+"""Glue between Snakemake rules and the package: one small function per rule.
+
+Every rule runs `workflow/scripts/stage.py`, which calls `run(snakemake)`. The
+function for the rule unpacks the rule's input/output/params and makes one call
+into the module that does the work, so all logic stays testable outside Snakemake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import traceback
+
+import torch
+
+from .errors import InputError
+
+
+def download(smk):
+    from .download import download_dataset
+
+    p = smk.params
+    download_dataset(p.name, p.out_dir, base_url=p.base_url, checksums=dict(p.checksums))
+
+
+def prepare(smk):
+    from .prepare import prepare_dataset
+
+    p = smk.params
+    prepare_dataset(p.name, p.raw_dir, p.out_dir, classes=p.classes, image_size=p.image_size,
+                    options=dict(p.options))
+
+
+def split(smk):
+    from .split import write_subsets
+
+    write_subsets(smk.input.train, list(smk.output.subsets), smk.output.counts,
+                  fraction=smk.params.fraction, seed=smk.params.seed)
+
+
+def train_classifier(smk):
+    from .classifier import ClassifierConfig, train_classifier as train
+
+    torch.set_num_threads(smk.threads)
+    train(smk.input.train, smk.input.subset, smk.input.valid, smk.input.test,
+          metrics_path=smk.output.metrics, history_path=smk.output.history, model_path=smk.output.model,
+          strategy=smk.params.strategy, seed=smk.params.seed, cfg=ClassifierConfig(**smk.params.cfg))
+
+
+def aggregate(smk):
+    from .aggregate import aggregate_classification
+
+    aggregate_classification(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex,
+                             backbone=smk.params.backbone, strategies=smk.params.strategies)
+
+
+class _Tee:
+    """Write to the terminal and the rule's log file at once."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, data):
+        for s in self.streams:
+            s.write(data)
+        return len(data)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+    def isatty(self):
+        return False
+
+
+def run(smk) -> None:
+    """Run the function named like the rule; log to the rule's log; clean errors."""
+    stage = globals()[smk.rule]
+    log_path = smk.log[0] if len(smk.log) else os.devnull
+    os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
+    with open(log_path, "w") as log, \
+            contextlib.redirect_stdout(_Tee(sys.stdout, log)), \
+            contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+        try:
+            stage(smk)
+        except InputError as e:
+            # A user mistake: one clear line, no traceback noise.
+            print(f"histosynth {smk.rule}: error: {e}", file=sys.stderr)
+            sys.stderr.flush()
+            raise SystemExit(1)
+        except Exception:
+            traceback.print_exc()
+            sys.stderr.flush()
+            raise SystemExit(1)

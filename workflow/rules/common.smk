@@ -1,0 +1,28 @@
+# Paths and small helpers shared by the rules. Everything a rule needs from the
+# config reaches it through `params`, so Snakemake's params rerun-trigger
+# reruns exactly the jobs whose settings changed.
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from histosynth.download import expected_files  # noqa: E402
+
+DATASET = config["dataset"]["name"]
+RAW = f"{config['resources_dir']}/{DATASET}"
+RESULTS = f"{config['results_dir']}/{DATASET}"
+LOGS = f"logs/{DATASET}"
+SPLITS = ["train", "valid", "test"]
+SUBSETS = list(range(config["subsets"]["k"]))
+SEEDS = list(range(config["seeds"]))
+STAGE = "../scripts/stage.py"
+ENV = "../../envs/histosynth.yaml"
+
+
+def raw_inputs():
+    """What `prepare` reads: the download's outputs, or the user's own image folder."""
+    if DATASET == "folder":
+        root = config["dataset"]["options"].get("root")
+        if not root:
+            raise ValueError("dataset.options.root must name your image folder when dataset.name is 'folder'")
+        return [root]
+    return [str(p) for p in expected_files(DATASET, RAW)]

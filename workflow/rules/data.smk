@@ -1,0 +1,62 @@
+# download -> prepare (canonical HDF5 per split) -> split (K training subsets)
+
+if DATASET != "folder":
+
+    rule download:
+        output:
+            [directory(p) if DATASET == "nct_crc_he" else p for p in raw_inputs()],
+        params:
+            name=DATASET,
+            out_dir=RAW,
+            base_url=config["dataset"]["download"]["base_url"],
+            checksums=config["dataset"]["download"]["checksums"],
+        log:
+            f"{LOGS}/download.log",
+        conda:
+            ENV
+        script:
+            STAGE
+
+
+DEMO_FIGURES = (
+    [f"{RESULTS}/data/demo_regions_{c}.png" for c in ("normal", "tumor")] if DATASET == "demo" else []
+)
+
+
+rule prepare:
+    input:
+        raw_inputs(),
+    output:
+        stores=expand(f"{RESULTS}/data/{{split}}.h5", split=SPLITS),
+        counts=f"{RESULTS}/data/patch_counts.tsv",
+        figures=DEMO_FIGURES,
+    params:
+        name=DATASET,
+        raw_dir=RAW,
+        out_dir=f"{RESULTS}/data",
+        classes=config["dataset"]["classes"],
+        image_size=config["dataset"]["image_size"],
+        options=config["dataset"]["options"],
+    log:
+        f"{LOGS}/prepare.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule split:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+    output:
+        subsets=expand(f"{RESULTS}/subsets/subset{{k}}.npy", k=SUBSETS),
+        counts=f"{RESULTS}/subsets/subset_counts.tsv",
+    params:
+        fraction=config["subsets"]["fraction"],
+        seed=config["subsets"]["seed"],
+    log:
+        f"{LOGS}/split.log",
+    conda:
+        ENV
+    script:
+        STAGE
