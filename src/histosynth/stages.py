@@ -21,14 +21,17 @@ def download(smk):
     from .download import download_dataset
 
     p = smk.params
-    download_dataset(p.name, p.out_dir, base_url=p.base_url, checksums=dict(p.checksums))
+    out_dir = os.path.dirname(smk.output[0])  # resources/<dataset>/
+    download_dataset(p.name, out_dir, base_url=p.base_url, checksums=dict(p.checksums))
 
 
 def prepare(smk):
     from .prepare import prepare_dataset
 
     p = smk.params
-    prepare_dataset(p.name, p.raw_dir, p.out_dir, classes=p.classes, image_size=p.image_size,
+    raw_dir = os.path.dirname(smk.input[0])  # resources/<dataset>/ (unused by `folder`)
+    out_dir = os.path.dirname(smk.output.stores[0])
+    prepare_dataset(p.name, raw_dir, out_dir, classes=p.classes, image_size=p.image_size,
                     options=dict(p.options))
 
 

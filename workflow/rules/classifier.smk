@@ -1,14 +1,6 @@
 # train_classifier per (strategy, subset, seed) -> aggregate into tables
 
 
-def classifier_params(strategy):
-    """Only what this strategy uses: augmentation settings never rerun `baseline`."""
-    cfg = dict(config["classifier"])
-    cfg.pop("threads")
-    cfg["augmentation"] = config["augmentation"] if strategy == "traditional" else {}
-    return cfg
-
-
 rule train_classifier:
     input:
         train=f"{RESULTS}/data/train.h5",

@@ -26,3 +26,11 @@ def raw_inputs():
             raise ValueError("dataset.options.root must name your image folder when dataset.name is 'folder'")
         return [root]
     return [str(p) for p in expected_files(DATASET, RAW)]
+
+
+def classifier_params(strategy):
+    """Only what this strategy uses: augmentation settings never rerun `baseline`."""
+    cfg = dict(config["classifier"])
+    cfg.pop("threads")
+    cfg["augmentation"] = config["augmentation"] if strategy == "traditional" else {}
+    return cfg

@@ -7,7 +7,6 @@ if DATASET != "folder":
             [directory(p) if DATASET == "nct_crc_he" else p for p in raw_inputs()],
         params:
             name=DATASET,
-            out_dir=RAW,
             base_url=config["dataset"]["download"]["base_url"],
             checksums=config["dataset"]["download"]["checksums"],
         log:
@@ -32,8 +31,6 @@ rule prepare:
         figures=DEMO_FIGURES,
     params:
         name=DATASET,
-        raw_dir=RAW,
-        out_dir=f"{RESULTS}/data",
         classes=config["dataset"]["classes"],
         image_size=config["dataset"]["image_size"],
         options=config["dataset"]["options"],
