@@ -164,7 +164,7 @@ def test_nct_class_subset_resize_and_stratified_valid(tmp_path):
             assert (x[y == i] == np.array(NCT_COLOURS[cls], np.uint8)).all()  # right pixels, right label
     assert_counts_match_stores(tmp_path / "out", counts)
     prov = store_info(tmp_path / "out" / "valid.h5").provenance
-    assert prov["options"] == {"valid_fraction": 0.2, "seed": 3} and prov["source"].endswith("NCT-CRC-HE-100K")
+    assert prov["options"] == {"valid_fraction": 0.2, "seed": 3} and prov["source_files"][0].endswith("NCT-CRC-HE-100K")
 
 
 def test_nct_default_classes_native_size(tmp_path):
@@ -325,7 +325,7 @@ def test_folder_split_files(tmp_path):
         assert [names[i] for i in y] == [line.split("/")[0] for line in lines]
         expected = np.array([colours[line] for line in lines])
         assert np.abs(x[:, 4, 4].astype(int) - expected).max() <= 2  # JPEG rounding
-    assert store_info(tmp_path / "out" / "test.h5").provenance["source"] == str(split_files["test"])
+    assert store_info(tmp_path / "out" / "test.h5").provenance["source_files"] == [str(split_files["test"])]
 
 
 def test_folder_errors(tmp_path):

@@ -1,5 +1,7 @@
 """The canonical HDF5 store: round trip, indexed reads, clear errors."""
 
+import os
+
 import h5py
 import numpy as np
 import pytest
@@ -59,3 +61,12 @@ def test_failed_write_keeps_previous_file(tmp_path):
     gx, _, _ = read_store(tmp_path / "s.h5")
     assert np.array_equal(gx, x)
     assert [p.name for p in tmp_path.iterdir()] == ["s.h5"]  # no temp files left
+
+
+def test_outputs_follow_the_umask_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        make(tmp_path)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "s.h5").stat().st_mode & 0o777 == 0o644

@@ -82,6 +82,7 @@ def scheduled_jobs(proc) -> dict[str, int]:
             break
         jobs[m[1]] = int(m[2])
     jobs.pop("total", None)
+    jobs.pop("all", None)  # the target rule itself, always listed
     return jobs
 
 

@@ -5,9 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Iterator
+
+
+def temp_path_beside(path: str | os.PathLike) -> Path:
+    """A fresh hidden temporary name in `path`'s directory; the file is not created.
+
+    Not creating it (unlike mkstemp, which makes files 0600) lets the writer create
+    it with the user's umask, so finished outputs are readable by the lab as usual.
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
 @contextlib.contextmanager
@@ -20,9 +30,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp = temp_path_beside(path)
     try:
         yield tmp
         os.replace(tmp, path)

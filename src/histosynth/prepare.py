@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from . import tissue
 from .errors import InputError
+from .fileio import temp_path_beside
 from .store import FORMAT_VERSION, write_store
 
 SPLITS = ("train", "valid", "test")
@@ -58,7 +58,7 @@ def prepare_dataset(name: str, raw_dir, out_dir, *, classes: list[str] | None = 
                "folder": _prepare_folder}[name]
     base = {"dataset": name, "classes": classes, "image_size": image_size, "options": opts}
     with _staged_outputs(out_dir) as stage:
-        counts = prepare(Path(raw_dir), stage, classes, image_size, opts, base)
+        counts = prepare(Path(raw_dir) if raw_dir is not None else None, stage, classes, image_size, opts, base)
         table = ["split\tclass\tcount"] + [f"{s}\t{c}\t{n}" for s in SPLITS for c, n in counts[s].items()]
         with open(stage("patch_counts.tsv"), "w") as f:
             f.write("\n".join(table) + "\n")
@@ -78,10 +78,9 @@ def _staged_outputs(out_dir):
     pending: dict[Path, Path] = {}
 
     def stage(name: str) -> Path:
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=out_dir)
-        os.close(fd)
-        pending[out_dir / name] = Path(tmp)
-        return Path(tmp)
+        tmp = temp_path_beside(out_dir / name)
+        pending[out_dir / name] = tmp
+        return tmp
 
     try:
         yield stage
@@ -198,7 +197,10 @@ def _resize(images: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def _stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> dict[str, np.ndarray]:
-    """Sorted row indices per split; each class divided by the fractions (largest remainder), seeded."""
+    """Sorted row indices per split; each class divided by the fractions (largest remainder), seeded.
+
+    A class with at least one image per split puts at least one in each split.
+    """
     rng = np.random.default_rng(seed)
     names = list(fractions)
     parts = {s: [] for s in names}
@@ -208,6 +210,10 @@ def _stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> dict[st
         sizes = np.floor(exact).astype(int)
         leftover = len(members) - sizes.sum()
         sizes[np.argsort(sizes - exact, kind="stable")[:leftover]] += 1
+        if len(members) >= len(names):  # a small class still reaches every split
+            for empty in np.flatnonzero(sizes == 0):
+                sizes[np.argmax(sizes)] -= 1
+                sizes[empty] += 1
         for s, chunk in zip(names, np.split(members, np.cumsum(sizes)[:-1])):
             parts[s].append(chunk)
     return {s: np.sort(np.concatenate(parts[s])) if parts[s] else np.zeros(0, np.int64) for s in names}
@@ -369,7 +375,7 @@ def _write_splits(stage, split_rows, files, labels, keep, image_size, base, desc
         split_files = [files[src][i] for i in rows]
         if not split_files:
             raise InputError(f"split '{split}' would hold no images (source: {sources[split]})")
-        provenance = {**base, "split": split, "source": sources[split], "n_files": len(split_files),
+        provenance = {**base, "split": split, "source_files": [sources[split]], "n_files": len(split_files),
                       "file_list_sha256": _list_digest(split_files)}
         reference = _write_files(stage(f"{split}.h5"), split_files, labels[src][rows], keep, image_size,
                                  provenance, f"{desc} {split}", reference)
