@@ -11,7 +11,7 @@ from histosynth.errors import InputError
 from histosynth.store import write_store
 
 
-def separable_stores(tmp_path, n=64, size=16):
+def separable_stores(tmp_path, n=64, size=32):
     """Two classes a linear probe could separate: red-ish vs blue-ish noise."""
     rng = np.random.default_rng(0)
     paths = {}
@@ -30,7 +30,7 @@ def separable_stores(tmp_path, n=64, size=16):
 def run(tmp_path, strategy="traditional", **cfg):
     paths, subset = separable_stores(tmp_path)
     out = {k: tmp_path / f"{strategy}.{k}" for k in ("metrics", "history", "model")}
-    cfg = ClassifierConfig(**{"epochs": 3, "batch_size": 16, "lr": 0.05, "eval_batch_size": 32,
+    cfg = ClassifierConfig(**{"epochs": 3, "batch_size": 16, "lr": 0.01, "eval_batch_size": 32,
                               "device": "cpu", **cfg})
     result = train_classifier(paths["train"], subset, paths["valid"], paths["test"],
                               metrics_path=out["metrics"], history_path=out["history"],
