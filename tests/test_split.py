@@ -32,13 +32,20 @@ def test_seed_changes_draw_and_is_reproducible():
     assert not all(np.array_equal(x, y) for x, y in zip(a, c))
 
 
+def test_rounding_never_breaks_disjointness():
+    labels = np.array([0] * 939 + [1] * 101)
+    a, b = balanced_subsets(labels, 2, 0.5, seed=0)
+    assert not set(a) & set(b)
+    assert (labels[a] == 0).sum() == 469 and (labels[a] == 1).sum() == 50
+
+
 def test_imbalanced_classes_keep_their_ratio():
     labels = np.array([0] * 900 + [1] * 100)
     (idx,) = balanced_subsets(labels, 1, 0.1, seed=0)
     assert (labels[idx] == 0).sum() == 90 and (labels[idx] == 1).sum() == 10
 
 
-@pytest.mark.parametrize("k,fraction,match", [(11, 0.1, "k \\* fraction"), (2, 0.001, "would hold none"),
+@pytest.mark.parametrize("k,fraction,match", [(11, 0.1, "cannot be disjoint"), (2, 0.001, "would hold none"),
                                                (0, 0.1, "k must be"), (1, 1.5, "fraction must be")])
 def test_impossible_requests_raise(k, fraction, match):
     with pytest.raises(InputError, match=match):

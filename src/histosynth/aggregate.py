@@ -13,6 +13,8 @@ METRICS = ("accuracy", "auc", "sensitivity", "specificity")
 LABELS = {"accuracy": "Accuracy (%)", "auc": "AUC (%)", "sensitivity": "Sensitivity (%)",
           "specificity": "Specificity (%)"}
 STRATEGY_NAMES = {"baseline": "Baseline", "traditional": "Traditional augmentation"}
+BACKBONE_NAMES = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
+                  "densenet169": "DenseNet169"}
 
 
 def load_runs(metrics_paths) -> pd.DataFrame:
@@ -70,8 +72,9 @@ def to_latex(table: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def aggregate_classification(metrics_paths, tsv_path, md_path, tex_path, *, backbone="ResNet18",
+def aggregate_classification(metrics_paths, tsv_path, md_path, tex_path, *, backbone="resnet18",
                              strategies=None) -> pd.DataFrame:
+    backbone = BACKBONE_NAMES.get(backbone, backbone)
     runs = load_runs(metrics_paths)
     table = summarise(runs, order=strategies)
     write_text(tsv_path, table.to_csv(sep="\t", float_format="%.6f", index_label="strategy"))

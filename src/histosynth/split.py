@@ -20,19 +20,18 @@ def balanced_subsets(labels: np.ndarray, k: int, fraction: float, seed: int) -> 
         raise InputError(f"subsets.k must be >= 1, got {k}")
     if not 0 < fraction <= 1:
         raise InputError(f"subsets.fraction must be in (0, 1], got {fraction}")
+    if k * fraction > 1 + 1e-9:
+        raise InputError(f"subsets.k={k} x subsets.fraction={fraction:g} > 1: subsets cannot be disjoint")
     rng = np.random.default_rng(seed)
     subsets = [[] for _ in range(k)]
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        per_subset = int(round(fraction * len(members)))
+        # Rounding may ask for one image more than k disjoint draws allow
+        # (k=2, f=0.5, 939 images -> 470); cap at an equal share.
+        per_subset = min(int(round(fraction * len(members))), len(members) // k)
         if per_subset == 0:
             raise InputError(
                 f"class {c} has {len(members)} training images: a {fraction:g} subset would hold none of it"
-            )
-        if per_subset * k > len(members):
-            raise InputError(
-                f"subsets.k={k} x subsets.fraction={fraction:g} needs {per_subset * k} images of class {c}, "
-                f"the training split has {len(members)} (need k * fraction <= 1)"
             )
         members = rng.permutation(members)
         for i in range(k):
