@@ -138,6 +138,7 @@ def test_adding_a_seed_schedules_only_new_jobs(finished_run):
     ({"dataset": {"name": "imagenet"}}, "imagenet"),
     ({"classifier": {"lr": -1}}, "lr"),
     ({"strategies": ["baseline", "magic"]}, "magic"),
+    ({"dataset": {"name": "pcam", "options": {"patch_size": 64}}}, "patch_size"),
 ])
 def test_bad_config_is_rejected_before_any_job(tmp_path, override, needle):
     proc = snakemake(tmp_path, {**micro_config(tmp_path, {}), **override}, "-n", check=False)

@@ -53,7 +53,7 @@ def prepare_dataset(name: str, raw_dir, out_dir, *, classes: list[str] | None = 
         raise InputError(f"dataset name '{name}' is not known; expected one of {sorted(DEFAULT_OPTIONS)}")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise InputError(f"image_size must be a positive integer or None, got {image_size!r}")
-    opts = _resolve_options(name, options)
+    opts = resolve_options(name, options)
     prepare = {"pcam": _prepare_pcam, "nct_crc_he": _prepare_nct, "demo": _prepare_demo,
                "folder": _prepare_folder}[name]
     base = {"dataset": name, "classes": classes, "image_size": image_size, "options": opts}
@@ -120,7 +120,8 @@ class _StoreWriter:
             raise RuntimeError(f"store writer filled {self.filled} of {self.n} rows")
 
 
-def _resolve_options(name: str, options: dict | None) -> dict:
+def resolve_options(name: str, options: dict | None) -> dict:
+    """Options with defaults filled in; InputError for an unknown key or a bad value."""
     defaults = DEFAULT_OPTIONS[name]
     options = dict(options or {})
     for key in options:

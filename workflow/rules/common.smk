@@ -6,12 +6,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from histosynth.download import expected_files  # noqa: E402
+from histosynth.errors import InputError  # noqa: E402
+from histosynth.prepare import resolve_options  # noqa: E402
 
 DATASET = config["dataset"]["name"]
 RAW = f"{config['resources_dir']}/{DATASET}"
 RESULTS = f"{config['results_dir']}/{DATASET}"
 LOGS = f"logs/{DATASET}"
 SPLITS = ["train", "valid", "test"]
+
+# dataset.options depends on the dataset, so the schema cannot list its keys:
+# check them here, at start-up, rather than when `prepare` runs.
+try:
+    resolve_options(DATASET, config["dataset"]["options"])
+except InputError as e:
+    raise ValueError(f"config dataset.options: {e}") from None
 SUBSETS = list(range(config["subsets"]["k"]))
 SEEDS = list(range(config["seeds"]))
 STAGE = "../scripts/stage.py"
