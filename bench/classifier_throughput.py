@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from histosynth.augment import AugmentConfig
 from histosynth.batches import BatchIterator
-from histosynth.classifier import build_classifier, pick_device, predict_proba
+from histosynth.classifier import build_classifier, eval_batches, pick_device, predict_proba
 
 
 def main():
@@ -57,10 +57,11 @@ def main():
         opt.step()
     sync()
     train_ips = args.batch_size * args.steps / (time.perf_counter() - t0)
-    predict_proba(model, images[: args.eval_batch_size], args.eval_batch_size, device)  # warm-up
+    predict_proba(model, eval_batches(images[: args.eval_batch_size], args.eval_batch_size, device))  # warm-up
+    batches = eval_batches(images, args.eval_batch_size, device)
     sync()
     t0 = time.perf_counter()
-    predict_proba(model, images, args.eval_batch_size, device)
+    predict_proba(model, batches)
     sync()
     eval_ips = n / (time.perf_counter() - t0)
     result = {"device": str(device), "backbone": args.backbone, "image_size": args.image_size,

@@ -93,15 +93,19 @@ def build_classifier(backbone: str, n_classes: int, pretrained_weights: str | No
     return Classifier(net)
 
 
+def eval_batches(images: np.ndarray, batch_size: int, device: torch.device) -> BatchIterator:
+    """Images in file order, no augmentation; built once so they move to the device once."""
+    return BatchIterator(images, np.zeros(len(images), np.int64), batch_size, shuffle=False,
+                         augment=None, seed=0, device=device, channels_last=device.type == "cuda")
+
+
 @torch.no_grad()
-def predict_proba(model: nn.Module, images: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
-    """Softmax class probabilities (N, C) for uint8 NHWC images."""
+def predict_proba(model: nn.Module, batches: BatchIterator) -> np.ndarray:
+    """Softmax class probabilities (N, C), in the order of `batches`."""
     model.eval()
-    batches = BatchIterator(images, np.zeros(len(images), np.int64), batch_size,
-                            shuffle=False, augment=None, seed=0, device=device)
     out = []
     for x, _ in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
             logits = model(x)
         out.append(F.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy().astype(np.float64)
@@ -135,7 +139,9 @@ def train_classifier(
 
     augment = AugmentConfig(**cfg.augmentation) if strategy == "traditional" else None
     batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, augment=augment,
-                            seed=seed, device=device, drop_last=len(x_train) > cfg.batch_size)
+                            seed=seed, device=device, drop_last=len(x_train) > cfg.batch_size,
+                            channels_last=device.type == "cuda")  # faster convolutions on tensor cores
+    valid_batches = eval_batches(x_valid, cfg.eval_batch_size, device)
     model = build_classifier(cfg.backbone, len(class_names), cfg.pretrained_weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -157,8 +163,7 @@ def train_classifier(
         train_loss = total / max(n, 1)
         if not math.isfinite(train_loss):
             raise RuntimeError(f"classifier training diverged: loss {train_loss} at epoch {epoch}")
-        val = classification_metrics(y_valid, scores_for_metrics(
-            predict_proba(model, x_valid, cfg.eval_batch_size, device)))
+        val = classification_metrics(y_valid, scores_for_metrics(predict_proba(model, valid_batches)))
         row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
                "seconds": time.perf_counter() - t0}
         history.append(row)
@@ -170,7 +175,8 @@ def train_classifier(
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     model.load_state_dict(best_state)
-    test_proba = predict_proba(model, x_test, cfg.eval_batch_size, device)
+    del valid_batches  # free device memory before the test set moves there
+    test_proba = predict_proba(model, eval_batches(x_test, cfg.eval_batch_size, device))
     test = classification_metrics(y_test, scores_for_metrics(test_proba))
     result = {
         "strategy": strategy, "seed": seed, "subset": str(subset_path),
