@@ -82,3 +82,52 @@ def test_other_backbones_build_with_the_right_head(backbone):
 def test_unknown_strategy_is_rejected(tmp_path):
     with pytest.raises(InputError, match="magic"):
         run(tmp_path, strategy="magic")
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    import histosynth.classifier as clf
+
+    paths, subset = separable_stores(tmp_path)
+    cfg = ClassifierConfig(epochs=3, batch_size=16, lr=0.01, eval_batch_size=32, device="cpu")
+
+    def train(tag, **kw):
+        out = {k: tmp_path / f"{tag}.{k}" for k in ("metrics", "history", "model")}
+        return train_classifier(paths["train"], subset, paths["valid"], paths["test"],
+                                metrics_path=out["metrics"], history_path=out["history"],
+                                model_path=out["model"], strategy="traditional", seed=0, cfg=cfg, **kw), out
+
+    uninterrupted, _ = train("full")
+
+    # "Kill" the job during epoch 3: after epoch 2's state was saved.
+    real_metrics, calls = clf.classification_metrics, []
+
+    def dies_on_third_validation(*a):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_metrics(*a)
+
+    monkeypatch.setattr(clf, "classification_metrics", dies_on_third_validation)
+    resume = tmp_path / "resume.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train("killed", resume_path=resume)
+    assert resume.exists() and not (tmp_path / "killed.metrics").exists()
+    assert torch.load(resume, weights_only=True)["epoch"] == 2
+    monkeypatch.setattr(clf, "classification_metrics", real_metrics)
+
+    resumed, out = train("killed", resume_path=resume)
+    assert resumed["test"] == uninterrupted["test"] and resumed["best_epoch"] == uninterrupted["best_epoch"]
+    assert len(out["history"].read_text().splitlines()) == 4  # epochs 1-2 kept, 3 trained
+    assert not resume.exists()
+
+
+def test_resume_state_from_other_settings_is_ignored(tmp_path, capsys):
+    paths, subset = separable_stores(tmp_path)
+    resume = tmp_path / "resume.pt"
+    torch.save({"key": "something else", "epoch": 1}, resume)
+    out = {k: tmp_path / f"r.{k}" for k in ("metrics", "history", "model")}
+    train_classifier(paths["train"], subset, paths["valid"], paths["test"], metrics_path=out["metrics"],
+                     history_path=out["history"], model_path=out["model"], resume_path=resume,
+                     strategy="baseline", seed=0,
+                     cfg=ClassifierConfig(epochs=1, batch_size=16, eval_batch_size=32, device="cpu"))
+    assert "from other settings or data; training from epoch 1" in capsys.readouterr().out

@@ -6,6 +6,8 @@ lr 1e-4, batch 32, 100 epochs, ImageNet initialisation when available).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -111,6 +113,21 @@ def predict_proba(model: nn.Module, batches: BatchIterator) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float64)
 
 
+def load_resume_state(path, run_key: str) -> dict | None:
+    """The saved training state at `path` if it belongs to this exact run, else None."""
+    if not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated by a kill mid-write cannot happen (atomic), but disks fail
+        print(f"[classifier] ignoring unreadable resume state {path} ({e}); training from epoch 1")
+        return None
+    if state.get("key") != run_key:
+        print(f"[classifier] resume state {path} is from other settings or data; training from epoch 1")
+        return None
+    return state
+
+
 def scores_for_metrics(proba: np.ndarray) -> np.ndarray:
     """Binary tasks are scored by P(class 1); multi-class by the full probability matrix."""
     return proba[:, 1] if proba.shape[1] == 2 else proba
@@ -118,10 +135,15 @@ def scores_for_metrics(proba: np.ndarray) -> np.ndarray:
 
 def train_classifier(
     train_store, subset_path, valid_store, test_store, *,
-    metrics_path, history_path, model_path,
+    metrics_path, history_path, model_path, resume_path=None,
     strategy: str, seed: int, cfg: ClassifierConfig,
 ) -> dict:
-    """Train one (subset, strategy, seed) classifier; write test metrics, history and weights."""
+    """Train one (subset, strategy, seed) classifier; write test metrics, history and weights.
+
+    With `resume_path`, the full training state is saved there after every epoch and a
+    killed job continues from it (same result as an uninterrupted run), provided the
+    configuration and data are unchanged; it is deleted when the job finishes.
+    """
     if strategy not in STRATEGIES:
         raise InputError(f"strategy '{strategy}' is not one of {list(STRATEGIES)}")
     device = pick_device(cfg.device)
@@ -149,7 +171,19 @@ def train_classifier(
 
     history, best = [], {"auc": -math.inf}
     best_state = None
-    for epoch in range(1, cfg.epochs + 1):
+    # What the saved state must match to be resumed: anything else trains afresh.
+    run_key = json.dumps({"cfg": asdict(cfg), "strategy": strategy, "seed": seed, "n_valid": len(x_valid),
+                          "subset": hashlib.sha256(subset.tobytes()).hexdigest()}, sort_keys=True)
+    start = 1
+    state = load_resume_state(resume_path, run_key) if resume_path else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history, best, best_state = state["history"], state["best"], state["best_state"]
+        start = state["epoch"] + 1
+        print(f"[classifier] resuming after epoch {state['epoch']} from {resume_path}")
+    batches.set_epoch(start - 1)  # epoch e's data order and augmentation, as in an uninterrupted run
+    for epoch in range(start, cfg.epochs + 1):
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
         for x, y in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5):
@@ -173,6 +207,11 @@ def train_classifier(
         if val["auc"] > best["auc"] or best_state is None:
             best = {"epoch": epoch, **val}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if resume_path:
+            with atomic_path(resume_path) as tmp:
+                torch.save({"key": run_key, "epoch": epoch, "model": model.state_dict(),
+                            "optimizer": opt.state_dict(), "history": history, "best": best,
+                            "best_state": best_state}, tmp)
 
     model.load_state_dict(best_state)
     del valid_batches  # free device memory before the test set moves there
@@ -190,5 +229,7 @@ def train_classifier(
     write_text(history_path, "\t".join(cols) + "\n" + "".join(
         "\t".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n" for r in history))
     write_json(metrics_path, result)  # written last: its presence means the job finished
+    if resume_path:
+        Path(resume_path).unlink(missing_ok=True)
     print(f"[classifier] best epoch {best['epoch']}; test " + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
     return result

@@ -48,6 +48,8 @@ def train_classifier(smk):
     torch.set_num_threads(smk.threads)
     train(smk.input.train, smk.input.subset, smk.input.valid, smk.input.test,
           metrics_path=smk.output.metrics, history_path=smk.output.history, model_path=smk.output.model,
+          # Not a declared output: Snakemake deletes those before a rerun, this must survive.
+          resume_path=os.path.join(os.path.dirname(smk.output.metrics), "resume.pt"),
           strategy=smk.params.strategy, seed=smk.params.seed, cfg=ClassifierConfig(**smk.params.cfg))
 
 
