@@ -13,7 +13,8 @@ from .fileio import atomic_path, write_text
 from .store import read_labels, store_info
 
 
-def balanced_subsets(labels: np.ndarray, k: int, fraction: float, seed: int) -> list[np.ndarray]:
+def balanced_subsets(labels: np.ndarray, k: int, fraction: float, seed: int,
+                     class_names=None) -> list[np.ndarray]:
     """Return k disjoint sorted index arrays, each with round(fraction * n_c) of class c."""
     labels = np.asarray(labels)
     if k < 1:
@@ -30,8 +31,9 @@ def balanced_subsets(labels: np.ndarray, k: int, fraction: float, seed: int) -> 
         # (k=2, f=0.5, 939 images -> 470); cap at an equal share.
         per_subset = min(int(round(fraction * len(members))), len(members) // k)
         if per_subset == 0:
+            name = class_names[c] if class_names is not None else c
             raise InputError(
-                f"class {c} has {len(members)} training images: a {fraction:g} subset would hold none of it"
+                f"class {name!r} has {len(members)} training images: a {fraction:g} subset would hold none of it"
             )
         members = rng.permutation(members)
         for i in range(k):
@@ -43,7 +45,7 @@ def write_subsets(train_store, out_paths: list, counts_path, *, fraction: float,
     """Write one `.npy` of training-row indices per output path, and a counts table."""
     info = store_info(train_store)
     labels = read_labels(train_store)
-    subsets = balanced_subsets(labels, len(out_paths), fraction, seed)
+    subsets = balanced_subsets(labels, len(out_paths), fraction, seed, info.class_names)
     rows = ["subset\tclass\tcount"]
     for i, (idx, path) in enumerate(zip(subsets, out_paths)):
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
