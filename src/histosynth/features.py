@@ -1,0 +1,104 @@
+"""Feature extractors and Gaussian statistics for FID/KID.
+
+Two extractors:
+  * domain: the penultimate layer of a classifier trained on the same real subset
+    (HistoGAN scores its checkpoints with a ResNet34 trained on the real data:
+    ImageNet/Inception features say little about H&E texture);
+  * inception: pytorch-fid's FID InceptionV3 (pool3, 2048-D), for numbers
+    comparable with the literature, only when its weights file is present locally
+    (`pt_inception-2015-12-05-6726825d.pth`): nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .batches import BatchIterator
+from .classifier import build_classifier
+from .errors import InputError
+from .fileio import atomic_path
+
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+
+
+def domain_extractor(model_path, backbone: str, n_classes: int) -> nn.Module:
+    """A trained classifier (`model.pt` state dict) with its head removed: images in [0,1] -> features."""
+    model = build_classifier(backbone, n_classes)
+    try:
+        model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    except Exception as e:
+        raise InputError(f"{model_path}: not a {backbone} classifier state dict with {n_classes} classes ({e})") from e
+    net = model.backbone
+    if hasattr(net, "fc"):
+        net.fc = nn.Identity()
+    else:
+        net.classifier = nn.Identity()
+    return model.eval()
+
+
+def inception_extractor(weights_path) -> nn.Module | None:
+    """pytorch-fid's InceptionV3 (pool3) from a local weights file; None when the file is absent."""
+    if not weights_path or not Path(weights_path).is_file():
+        return None
+    import pytorch_fid.inception as fid_inception
+
+    def local_weights(url, progress=True):  # pytorch-fid would download them from GitHub
+        return torch.load(weights_path, map_location="cpu", weights_only=True)
+
+    try:
+        with mock.patch.object(fid_inception, "load_state_dict_from_url", local_weights):
+            model = fid_inception.InceptionV3([fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    except Exception as e:
+        raise InputError(f"{weights_path}: not pytorch-fid's {INCEPTION_WEIGHTS} ({e})") from e
+    return _Pool3(model).eval()
+
+
+class _Pool3(nn.Module):
+    """InceptionV3 returns a list of (B, 2048, 1, 1) maps; we want (B, 2048)."""
+
+    def __init__(self, inception: nn.Module):
+        super().__init__()
+        self.inception = inception
+
+    def forward(self, x):
+        return self.inception(x)[0].flatten(1)
+
+
+@torch.no_grad()
+def extract_features(extractor: nn.Module, images: np.ndarray, batch_size: int = 256,
+                     device: torch.device | str = "cpu") -> np.ndarray:
+    """(N, D) float64 features of uint8 NHWC images."""
+    device = torch.device(device)
+    extractor = extractor.to(device).eval()
+    batches = BatchIterator(images, np.zeros(len(images), np.int64), batch_size, shuffle=False,
+                            augment=None, seed=0, device=device)
+    out = [extractor(x).float().cpu() for x, _ in batches]
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (N-1)-normalised covariance, as pytorch-fid computes them."""
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise InputError(f"need (N >= 2, D) features for statistics, got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def save_stats(path, features: np.ndarray) -> None:
+    """Cache real-data statistics (and the features, for KID) once per subset."""
+    mu, sigma = gaussian_stats(features)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, mu=mu, sigma=sigma, features=features.astype(np.float32))
+
+
+def load_stats(path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in ("mu", "sigma", "features")}
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: not a feature-statistics file ({e}); rerun the stage that wrote it") from e
