@@ -1,0 +1,1 @@
+"""Generative models (model code only; training loops live elsewhere)."""
