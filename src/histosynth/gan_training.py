@@ -1,0 +1,164 @@
+"""Generator training: one loop for every GAN family, checkpointed and resumable.
+
+State lives in a checkpoint directory that is NOT a declared Snakemake output
+(Snakemake deletes declared outputs before rerunning a job):
+  resume.pt          full state after the last finished epoch (overwritten each epoch)
+  epoch_00101.pt ... generator snapshots for checkpoint selection (every `save_every`
+                     epochs after `save_from`), with the fixed evaluation noise
+A killed job started again continues from resume.pt and, on CPU with the same seed,
+ends with exactly
+the weights of an uninterrupted run: data order and augmentation come from
+(seed, epoch), and the torch RNG state is saved with every epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .batches import BatchIterator
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .errors import InputError
+from .fileio import atomic_path, write_text
+
+FAMILIES = ("histogan",)
+
+
+@dataclass(frozen=True)
+class GANTrainConfig:
+    family: str = "histogan"
+    model: dict = field(default_factory=dict)  # the family's model config fields
+    epochs: int = 1000
+    batch_size: int = 256
+    lr: float = 2e-4
+    betas: tuple = (0.5, 0.999)
+    n_critic: int = 1  # critic updates per generator update
+    save_from: int = 100  # snapshots for selection after this epoch ...
+    save_every: int = 1  # ... every this many epochs (HistoGAN: every epoch after 100)
+    n_eval_noise: int = 64  # fixed noise stored with every snapshot (sample grids)
+    seed: int = 0
+    device: str = "auto"
+
+
+class HistoGANAdapter:
+    """What the loop needs from HistoGAN: models, optimisers and one training step."""
+
+    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas):
+        from .models import histogan
+
+        self.h = histogan
+        self.cfg = histogan.HistoGANConfig(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
+        self.G, self.D = histogan.build_histogan(self.cfg)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
+        self.z_dim = self.cfg.z_dim
+
+    def step(self, x, y, train_g: bool) -> dict:
+        reals = self.h.real_pyramid(x, self.cfg.stage_sizes)
+        z = torch.randn(len(x), self.z_dim, device=x.device)
+        fakes = self.G(z, y)
+        d_loss, _ = self.h.critic_loss(self.D, reals, fakes, y, gp_weight=self.cfg.gp_weight)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        losses = {"d_loss": d_loss.detach()}
+        if train_g:
+            g_loss = self.h.generator_loss(self.D, fakes, y)
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.opt_g.step()
+            losses["g_loss"] = g_loss.detach()
+        return losses
+
+
+ADAPTERS = {"histogan": HistoGANAdapter}
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
+              cfg: GANTrainConfig) -> Path:
+    """Train (or resume) a class-conditional GAN on uint8 NHWC images; return the last snapshot's path."""
+    if cfg.family not in ADAPTERS:
+        raise InputError(f"generator family '{cfg.family}' is not one of {sorted(ADAPTERS)}")
+    if cfg.save_from >= cfg.epochs:
+        raise InputError(f"save_from ({cfg.save_from}) must be below epochs ({cfg.epochs}): "
+                         "no checkpoint would be saved for selection")
+    device = _pick_device(cfg.device)
+    ckpt_dir = Path(ckpt_dir)
+    torch.manual_seed(cfg.seed)
+    model = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas))
+    model.G.to(device), model.D.to(device)
+    eval_noise = torch.randn(cfg.n_eval_noise, model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
+    eval_labels = torch.arange(cfg.n_eval_noise) % num_classes
+    batches = BatchIterator(images, labels, cfg.batch_size, shuffle=True, augment=None, seed=cfg.seed,
+                            device=device, drop_last=len(images) > cfg.batch_size)
+    run_key = json.dumps(asdict(cfg), sort_keys=True) + f"|n={len(images)}"
+
+    history, start = [], 1
+    state = _resume_state(ckpt_dir, run_key)
+    if state is not None:
+        model.G.load_state_dict(state["G"])
+        model.D.load_state_dict(state["D"])
+        model.opt_g.load_state_dict(state["opt_g"])
+        model.opt_d.load_state_dict(state["opt_d"])
+        set_rng_state(state["rng"])
+        history, start = state["history"], state["epoch"] + 1
+        print(f"[train_generator] resuming after epoch {state['epoch']}")
+    batches.set_epoch(start - 1)
+
+    for epoch in range(start, cfg.epochs + 1):
+        model.G.train(), model.D.train()
+        t0, sums, n = time.perf_counter(), {}, 0
+        for i, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5)):
+            losses = model.step(x * 2 - 1, y, train_g=(i % cfg.n_critic == cfg.n_critic - 1))
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v  # stays on device: no sync per step
+            n += 1
+        row = {"epoch": epoch, **{k: float(v) / n for k, v in sums.items()}, "seconds": time.perf_counter() - t0}
+        bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise RuntimeError(f"generator training diverged at epoch {epoch}: {', '.join(bad)} not finite "
+                               f"({row}); lower the learning rate or resume from an earlier checkpoint")
+        history.append(row)
+        print("[train_generator] " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        if epoch > cfg.save_from and (epoch - cfg.save_from) % cfg.save_every == 0:
+            save_checkpoint(ckpt_dir, epoch, {"G": model.G.state_dict(), "family": cfg.family,
+                                              "model": asdict(model.cfg), "eval_noise": eval_noise,
+                                              "eval_labels": eval_labels})
+        with atomic_path(ckpt_dir / "resume.pt") as tmp:
+            torch.save({"key": run_key, "epoch": epoch, "G": model.G.state_dict(), "D": model.D.state_dict(),
+                        "opt_g": model.opt_g.state_dict(), "opt_d": model.opt_d.state_dict(),
+                        "rng": rng_state(), "history": history}, tmp)
+
+    cols = list(history[0])
+    write_text(losses_path, "\t".join(cols) + "\n" + "".join(
+        "\t".join(f"{r.get(c, float('nan')):.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
+        for r in history))
+    return ckpt_dir
+
+
+def _resume_state(ckpt_dir: Path, run_key: str) -> dict | None:
+    path = ckpt_dir / "resume.pt"
+    if not path.is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:
+        print(f"[train_generator] {path} is unreadable ({e}); starting from epoch 1")
+        return None
+    if state.get("key") != run_key:
+        print(f"[train_generator] {path} was written under other settings; starting from epoch 1")
+        return None
+    return state

@@ -1,0 +1,75 @@
+"""GAN training loop: snapshots, resume-after-kill equivalence, divergence stop."""
+
+import numpy as np
+import pytest
+import torch
+
+import histosynth.gan_training as gt
+from histosynth.checkpoint import list_checkpoints
+from histosynth.gan_training import GANTrainConfig, train_gan
+
+TINY = {"g_channels": 8, "d_channels": 8, "d_max_mult": 2, "z_dim": 16, "g_up_blocks": 2,
+        "g_res_blocks": 1, "mbd_kernels": 4, "mbd_kernel_dim": 2}
+
+
+def data(n=16, size=32):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.tile([0, 1], n // 2)
+
+
+def cfg(**kw):
+    return GANTrainConfig(**{"family": "histogan", "model": TINY, "epochs": 3, "batch_size": 8,
+                             "save_from": 1, "save_every": 1, "n_eval_noise": 4, "device": "cpu", **kw})
+
+
+def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch):
+    x, y = data()
+    train_gan(x, y, 2, tmp_path / "full", tmp_path / "full.tsv", cfg())
+    assert [e for e, _ in list_checkpoints(tmp_path / "full")] == [2, 3]
+    losses = (tmp_path / "full.tsv").read_text().splitlines()
+    assert losses[0].split("\t")[:3] == ["epoch", "d_loss", "g_loss"] and len(losses) == 4
+
+    # Kill during epoch 3 (after epoch 2's state was saved), then run again.
+    real_step, calls = gt.HistoGANAdapter.step, []
+
+    def dies_in_epoch_3(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 5:  # 2 batches per epoch: the 5th step is epoch 3's first
+            raise KeyboardInterrupt
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(gt.HistoGANAdapter, "step", dies_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(x, y, 2, tmp_path / "killed", tmp_path / "killed.tsv", cfg())
+    assert not (tmp_path / "killed.tsv").exists()
+    monkeypatch.setattr(gt.HistoGANAdapter, "step", real_step)
+    train_gan(x, y, 2, tmp_path / "killed", tmp_path / "killed.tsv", cfg())
+
+    full = torch.load(tmp_path / "full/epoch_00003.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "killed/epoch_00003.pt", weights_only=True)
+    for k, v in full["G"].items():
+        assert torch.equal(v, resumed["G"][k]), k
+    assert torch.equal(full["eval_noise"], resumed["eval_noise"])
+
+
+def test_changed_settings_do_not_resume(tmp_path, capsys):
+    x, y = data()
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2))
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2, lr=1e-4))
+    assert "other settings; starting from epoch 1" in capsys.readouterr().out
+
+
+def test_divergence_names_the_epoch(tmp_path, monkeypatch):
+    x, y = data()
+    monkeypatch.setattr(gt.HistoGANAdapter, "step",
+                        lambda self, x, y, train_g: {"d_loss": torch.tensor(float("nan"))})
+    with pytest.raises(RuntimeError, match="diverged at epoch 1: d_loss"):
+        train_gan(x, y, 2, tmp_path / "n", tmp_path / "n.tsv", cfg())
+
+
+def test_bad_settings(tmp_path):
+    x, y = data()
+    with pytest.raises(ValueError, match="save_from"):
+        train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", cfg(save_from=3))
+    with pytest.raises(ValueError, match="family"):
+        train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", cfg(family="stylegan"))
