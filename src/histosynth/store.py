@@ -33,8 +33,9 @@ class StoreInfo:
     provenance: dict
 
 
-def write_store(path, images: np.ndarray, labels: np.ndarray, class_names, provenance=None) -> None:
-    """Write a split atomically (temp file, then rename)."""
+def write_store(path, images: np.ndarray, labels: np.ndarray, class_names, provenance=None,
+                extra: dict | None = None) -> None:
+    """Write a split atomically (temp file, then rename); `extra` adds per-image arrays (e.g. seeds)."""
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
@@ -50,6 +51,10 @@ def write_store(path, images: np.ndarray, labels: np.ndarray, class_names, prove
         with h5py.File(tmp, "w") as f:
             f.create_dataset("images", data=images, chunks=chunk)
             f.create_dataset("labels", data=labels.astype(np.int64))
+            for key, values in (extra or {}).items():
+                if len(values) != len(images):
+                    raise InputError(f"{path}: extra dataset '{key}' has {len(values)} rows, not {len(images)}")
+                f.create_dataset(key, data=np.asarray(values))
             f.attrs["class_names"] = json.dumps(list(class_names))
             f.attrs["provenance"] = json.dumps(provenance or {}, sort_keys=True)
             f.attrs["format_version"] = FORMAT_VERSION
