@@ -14,6 +14,7 @@ validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/classifier.smk"
+include: "workflow/rules/generator.smk"
 
 
 rule all:
@@ -21,4 +22,10 @@ rule all:
         f"{RESULTS}/tables/classification.tsv",
         f"{RESULTS}/tables/classification.md",
         f"{RESULTS}/tables/classification.tex",
+        expand(
+            f"{RESULTS}/generators/{{generator}}/subset{{subset}}/{{out}}",
+            generator=config["generators"],
+            subset=SUBSETS,
+            out=["pool.h5", "samples.png", "fid_curve.png"],
+        ),
     default_target: True

@@ -50,7 +50,7 @@ def test_pool_counts_seeds_and_regeneration(trained, tmp_path):
     tmp, _ = trained
     snap = tmp / "ckpt/epoch_00003.pt"
     generate_pool(snap, {0: 5, 1: 3}, ["normal", "tumor"], tmp_path / "pool.h5",
-                  grid_pngs=[tmp_path / "g0.png", tmp_path / "g1.png"], batch_size=4)
+                  grid_png=tmp_path / "grid.png", batch_size=4)
     images, labels, names = read_store(tmp_path / "pool.h5")
     assert images.shape == (8, 32, 32, 3) and labels.tolist() == [0] * 5 + [1] * 3 and names == ["normal", "tumor"]
     with h5py.File(tmp_path / "pool.h5") as f:
@@ -58,4 +58,4 @@ def test_pool_counts_seeds_and_regeneration(trained, tmp_path):
     # Image 6 alone, from its stored seed, is the same picture.
     again = sample_images(load_generator(snap), labels[6:7], seeds[6:7])
     np.testing.assert_array_equal(again[0], images[6])
-    assert (tmp_path / "g1.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"

@@ -4,6 +4,7 @@ invalidation and config-validation behaviour users rely on."""
 
 import gzip
 import hashlib
+import json
 import re
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from histosynth.store import read_store
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -131,6 +134,33 @@ def test_classifier_setting_reruns_only_classifiers_and_table(finished_run):
 def test_adding_a_seed_schedules_only_new_jobs(finished_run):
     tmp, config = finished_run
     assert scheduled_jobs(snakemake(tmp, {**config, "seeds": 2}, "-n")) == {"train_classifier": 4, "aggregate": 1}
+
+
+GAN_MICRO = {
+    "generators": ["histogan"],
+    "generator": {"histogan": {"model": {"g_channels": 4, "d_channels": 4, "d_max_mult": 2, "z_dim": 8,
+                                         "g_up_blocks": 2, "g_res_blocks": 1, "mbd_kernels": 2,
+                                         "mbd_kernel_dim": 2},
+                               "epochs": 3, "batch_size": 10, "save_from": 0, "device": "cpu", "threads": 1}},
+    "selection": {"backbone": "resnet18", "extractor_epochs": 1, "images_per_class": 4, "batch_size": 8},
+    "generation": {"batch_size": 8},
+}
+
+
+@pytest.mark.slow
+def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
+    tmp, config = finished_run
+    config = {**config, **GAN_MICRO}
+    snakemake(tmp, config)
+    gen = tmp / "results/pcam/generators/histogan/subset0"
+    assert json.loads((gen / "selected.json").read_text())["epoch"] in (1, 2, 3)
+    images, labels, _ = read_store(gen / "pool.h5")
+    # 4 r N_i per class: subset 0 holds 10 images of each class, r = 0.5.
+    assert np.bincount(labels).tolist() == [20, 20] and images.shape[1:] == (32, 32, 3)
+    changed = {**config, "selection": {**config["selection"], "alpha": 0.9}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, "generate": 2}
+    changed = {**config, "generation": {**config["generation"], "seed": 3}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"generate": 2}
 
 
 @pytest.mark.parametrize("override,needle", [

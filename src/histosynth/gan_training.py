@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from .batches import BatchIterator
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .errors import InputError
 from .fileio import atomic_path, write_text
 
@@ -116,6 +116,11 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
         set_rng_state(state["rng"])
         history, start = state["history"], state["epoch"] + 1
         print(f"[train_generator] resuming after epoch {state['epoch']}")
+    else:
+        # A fresh run: snapshots left by a run under other settings must not be scored.
+        for _, old in list_checkpoints(ckpt_dir):
+            old.unlink()
+            print(f"[train_generator] removed stale snapshot {old}")
     batches.set_epoch(start - 1)
 
     for epoch in range(start, cfg.epochs + 1):

@@ -86,7 +86,7 @@ def score_checkpoints(ckpt_dir, real_stats: dict, extractor, n_per_class: dict[i
     return table
 
 
-def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str], out_h5, *, grid_pngs=(),
+def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str], out_h5, *, grid_png=None,
                   batch_size=256, device="cpu", seed=0) -> None:
     """Write `counts[c]` images of every class c to a canonical store, with per-image seeds."""
     G = load_generator(snapshot_path, device)
@@ -97,28 +97,28 @@ def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str],
     write_store(out_h5, images, labels, class_names,
                 {"snapshot": str(snapshot_path), "seed": seed, "counts": {class_names[c]: n for c, n in counts.items()}},
                 extra={"seeds": seeds.astype(np.int64)})
-    for c, png in zip(sorted(counts), grid_pngs):
-        save_grid(images[labels == c][:64], png, f"{class_names[c]} (synthetic)")
+    if grid_png:
+        save_grid({class_names[c]: images[labels == c][:8] for c in sorted(counts)}, grid_png,
+                  f"synthetic samples, {snapshot_path}")
 
 
-def save_grid(images: np.ndarray, path, title: str = "") -> None:
+def save_grid(rows: dict[str, np.ndarray], path, title: str = "") -> None:
+    """One row of images per class, labelled."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(images)
-    cols = int(np.ceil(np.sqrt(max(n, 1))))
-    rows = int(np.ceil(n / cols)) if n else 1
-    h, w = images.shape[1:3] if n else (1, 1)
-    grid = np.full((rows * (h + 2), cols * (w + 2), 3), 255, np.uint8)
-    for i, img in enumerate(images):
-        r, c = divmod(i, cols)
-        grid[r * (h + 2):r * (h + 2) + h, c * (w + 2):c * (w + 2) + w] = img
-    fig, ax = plt.subplots(figsize=(6, 6 * grid.shape[0] / grid.shape[1]))
-    ax.imshow(grid)
-    ax.set_axis_off()
-    ax.set_title(title)
+    cols = max(max(len(v) for v in rows.values()), 1)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.2 * cols, 1.3 * len(rows)), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(cols):
+            ax = axes[r, c]
+            ax.set_axis_off()
+            if c < len(images):
+                ax.imshow(images[c])
+        axes[r, 0].set_title(name, loc="left", fontsize=9)
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -47,6 +47,7 @@ def select_checkpoint(scores: pd.DataFrame, metric: str = "fid", alpha: float = 
 
 def plot_curve(curve: pd.DataFrame, metric: str, alpha: float, best: int, path, title: str = "") -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -56,6 +57,7 @@ def plot_curve(curve: pd.DataFrame, metric: str, alpha: float, best: int, path, 
     ax.plot(curve.epoch, curve[f"{metric}_ema"], color="C0", lw=2, label=f"EMA, α = {alpha:g}")
     ax.axvline(best, color="C3", ls="--", lw=1, label=f"selected: epoch {best}")
     ax.set(xlabel="epoch", ylabel=metric.upper(), title=title)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.legend(frameon=False)
     fig.tight_layout()
     with atomic_path(path) as tmp:

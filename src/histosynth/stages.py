@@ -53,6 +53,83 @@ def train_classifier(smk):
           strategy=smk.params.strategy, seed=smk.params.seed, cfg=ClassifierConfig(**smk.params.cfg))
 
 
+def feature_extractor(smk):
+    """The domain classifier that scores generators, and the real subset's feature statistics."""
+    from .classifier import ClassifierConfig, train_classifier as train
+    from .features import domain_extractor, extract_features, save_stats
+    from .split import read_subset
+    from .store import read_store
+
+    torch.set_num_threads(smk.threads)
+    cfg = ClassifierConfig(**smk.params.cfg)
+    result = train(smk.input.train, smk.input.subset, smk.input.valid, smk.input.test,
+                   metrics_path=smk.output.metrics, history_path=smk.output.history, model_path=smk.output.model,
+                   resume_path=os.path.join(os.path.dirname(smk.output.metrics), "resume.pt"),
+                   strategy="traditional", seed=0, cfg=cfg)
+    images, _, _ = read_store(smk.input.train, read_subset(smk.input.subset))
+    extractor = domain_extractor(smk.output.model, cfg.backbone, len(result["class_names"]))
+    save_stats(smk.output.stats, extract_features(extractor, images, cfg.eval_batch_size, result["device"]))
+
+
+def train_generator(smk):
+    from .gan_training import GANTrainConfig, train_gan
+    from .split import read_subset
+    from .store import read_store
+
+    torch.set_num_threads(smk.threads)
+    images, labels, class_names = read_store(smk.input.train, read_subset(smk.input.subset))
+    cfg = dict(smk.params.cfg)
+    cfg["betas"] = tuple(cfg["betas"])
+    train_gan(images, labels, len(class_names), os.path.join(os.path.dirname(smk.output.losses), "checkpoints"),
+              smk.output.losses, GANTrainConfig(**cfg))
+
+
+def score_checkpoints(smk):
+    from .features import domain_extractor, load_stats
+    from .generate import score_checkpoints as score
+    from .store import store_info
+
+    torch.set_num_threads(smk.threads)
+    p = smk.params
+    n_classes = len(store_info(smk.input.train).class_names)
+    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    score(os.path.join(os.path.dirname(smk.input.losses), "checkpoints"), load_stats(smk.input.stats),
+          domain_extractor(smk.input.extractor, p.backbone, n_classes),
+          {c: p.images_per_class for c in range(n_classes)}, smk.output.scores,
+          batch_size=p.batch_size, device=device, seed=p.seed)
+
+
+def select_checkpoint(smk):
+    from .selection import write_selection
+
+    write_selection(smk.input.scores, smk.output.curve, smk.output.plot, smk.output.choice,
+                    alpha=smk.params.alpha, title=f"{smk.wildcards.generator}, subset {smk.wildcards.subset}")
+
+
+def generate(smk):
+    import json
+
+    import numpy as np
+
+    from .checkpoint import checkpoint_path
+    from .generate import generate_pool
+    from .split import read_subset
+    from .store import read_labels, store_info
+
+    torch.set_num_threads(smk.threads)
+    p = smk.params
+    with open(smk.input.choice) as f:
+        epoch = json.load(f)["epoch"]
+    labels = read_labels(smk.input.train)[read_subset(smk.input.subset)]
+    class_names = store_info(smk.input.train).class_names
+    # HistoGAN: a pool of 4 r N_i per class, N_i = real images of class i in the subset.
+    counts = {c: int(round(p.pool_factor * p.ratio * (labels == c).sum())) for c in range(len(class_names))}
+    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    snapshot = checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch)
+    generate_pool(snapshot, counts, class_names, smk.output.pool, grid_png=smk.output.grid,
+                  batch_size=p.batch_size, device=device, seed=p.seed)
+
+
 def aggregate(smk):
     from .aggregate import aggregate_classification
 

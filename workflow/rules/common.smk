@@ -24,6 +24,13 @@ except InputError as e:
 SUBSETS = list(range(config["subsets"]["k"]))
 SEEDS = list(range(config["seeds"]))
 STAGE = "../scripts/stage.py"
+
+
+wildcard_constraints:
+    subset=r"\d+",
+    seed=r"\d+",
+    generator=r"[a-z_]+",
+
 ENV = "../../envs/histosynth.yaml"
 
 
@@ -42,4 +49,19 @@ def classifier_params(strategy):
     cfg = dict(config["classifier"])
     cfg.pop("threads")
     cfg["augmentation"] = config["augmentation"] if strategy == "traditional" else {}
+    return cfg
+
+
+def extractor_params():
+    """The domain feature extractor: the classifier recipe with the selection backbone."""
+    cfg = classifier_params("traditional")
+    cfg["backbone"] = config["selection"]["backbone"]
+    cfg["epochs"] = config["selection"]["extractor_epochs"]
+    return cfg
+
+
+def generator_params(generator):
+    cfg = dict(config["generator"][generator])
+    cfg.pop("threads")
+    cfg["family"] = generator
     return cfg

@@ -1,0 +1,116 @@
+# Per (generator, subset): train -> score every snapshot -> pick by smoothed FID -> bulk pool.
+# Snapshots live in checkpoints/ beside the declared outputs, never declared
+# themselves: Snakemake deletes declared outputs before a rerun, and a resumed
+# training job needs them.
+
+GEN = f"{RESULTS}/generators/{{generator}}/subset{{subset}}"
+
+
+rule feature_extractor:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        valid=f"{RESULTS}/data/valid.h5",
+        test=f"{RESULTS}/data/test.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+    output:
+        metrics=f"{RESULTS}/feature_extractor/subset{{subset}}/metrics.json",
+        history=f"{RESULTS}/feature_extractor/subset{{subset}}/history.tsv",
+        model=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    params:
+        cfg=lambda w: extractor_params(),
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=1 if config["classifier"]["device"] != "cpu" else 0,
+    log:
+        f"{LOGS}/feature_extractor/subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule train_generator:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+    output:
+        losses=f"{GEN}/losses.tsv",
+    params:
+        cfg=lambda w: generator_params(w.generator),
+    threads: lambda w: config["generator"][w.generator]["threads"]
+    resources:
+        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/train_generator/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule score_checkpoints:
+    input:
+        losses=f"{GEN}/losses.tsv",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+        train=f"{RESULTS}/data/train.h5",
+    output:
+        scores=f"{GEN}/checkpoint_scores.tsv",
+    params:
+        backbone=config["selection"]["backbone"],
+        images_per_class=config["selection"]["images_per_class"],
+        batch_size=config["selection"]["batch_size"],
+        seed=config["selection"]["seed"],
+        device=lambda w: config["generator"][w.generator]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/score_checkpoints/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule select_checkpoint:
+    input:
+        scores=f"{GEN}/checkpoint_scores.tsv",
+    output:
+        curve=f"{GEN}/fid_curve.tsv",
+        plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection"),
+        choice=f"{GEN}/selected.json",
+    params:
+        alpha=config["selection"]["alpha"],
+    log:
+        f"{LOGS}/select_checkpoint/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule generate:
+    input:
+        choice=f"{GEN}/selected.json",
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+    output:
+        pool=f"{GEN}/pool.h5",
+        grid=report(f"{GEN}/samples.png", category="Synthetic samples"),
+    params:
+        ratio=config["generation"]["ratio"],
+        pool_factor=config["generation"]["pool_factor"],
+        batch_size=config["generation"]["batch_size"],
+        seed=config["generation"]["seed"],
+        device=lambda w: config["generator"][w.generator]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/generate/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
