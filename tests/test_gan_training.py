@@ -73,3 +73,15 @@ def test_bad_settings(tmp_path):
         train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", cfg(save_from=3))
     with pytest.raises(ValueError, match="family"):
         train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", cfg(family="stylegan"))
+
+
+def test_cgan_trains_snapshots_and_generates(tmp_path):
+    from histosynth.generate import load_generator, sample_images
+
+    x, y = data()
+    model = {"latent_dim": 16, "filters": 8, "d_filters": 8}
+    c = cfg(family="cgan", model=model, epochs=2, save_from=0)
+    train_gan(x, y, 2, tmp_path / "a", tmp_path / "a.tsv", c)
+    G = load_generator(tmp_path / "a/epoch_00002.pt")
+    images = sample_images(G, np.array([0, 1]), np.array([1, 2]))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == np.uint8

@@ -28,9 +28,6 @@ from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_check
 from .errors import InputError
 from .fileio import atomic_path, write_text
 
-FAMILIES = ("histogan",)
-
-
 @dataclass(frozen=True)
 class GANTrainConfig:
     family: str = "histogan"
@@ -78,7 +75,37 @@ class HistoGANAdapter:
         return losses
 
 
-ADAPTERS = {"histogan": HistoGANAdapter}
+class CGANAdapter:
+    """The latent-to-image cGAN (BCE, non-saturating generator loss)."""
+
+    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas):
+        from .models import cgan
+
+        self.c = cgan
+        self.cfg = cgan.CGANConfig(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
+        self.G, self.D = cgan.build_cgan(self.cfg)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
+        self.z_dim = self.cfg.latent_dim
+
+    def step(self, x, y, train_g: bool) -> dict:
+        z = torch.randn(len(x), self.z_dim, device=x.device)
+        fake = self.G(z, y)
+        d_loss, g_loss = self.c.cgan_losses(self.D, x, fake, y)
+        # Both gradients first, each into its own network, then both steps: stepping D
+        # before g_loss.backward() would modify tensors g_loss's graph still needs.
+        self.opt_d.zero_grad(set_to_none=True)
+        self.opt_g.zero_grad(set_to_none=True)
+        d_loss.backward(inputs=list(self.D.parameters()))
+        if train_g:
+            g_loss.backward(inputs=list(self.G.parameters()))
+        self.opt_d.step()
+        if train_g:
+            self.opt_g.step()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
+
+
+ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter}
 
 
 def _pick_device(name: str) -> torch.device:

@@ -30,6 +30,10 @@ def load_generator(snapshot_path, device="cpu") -> torch.nn.Module:
         from .models.histogan import Generator, HistoGANConfig
 
         G = Generator(HistoGANConfig(**state["model"]))
+    elif family == "cgan":
+        from .models.cgan import CGANConfig, Generator
+
+        G = Generator(CGANConfig(**state["model"]))
     else:
         raise InputError(f"{snapshot_path}: unknown generator family '{family}'")
     G.load_state_dict(state["G"])
@@ -41,7 +45,7 @@ def sample_images(G: torch.nn.Module, labels: np.ndarray, seeds: np.ndarray, bat
                   device="cpu", progress: bool = False) -> np.ndarray:
     """uint8 NHWC images, image i from latent seed `seeds[i]` and class `labels[i]`."""
     device = torch.device(device)
-    z_dim = G.cfg.z_dim
+    z_dim = G.cfg.z_dim if hasattr(G.cfg, "z_dim") else G.cfg.latent_dim
     out = []
     for start in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, mininterval=5):
         stop = min(start + batch_size, len(labels))

@@ -1,0 +1,176 @@
+"""Latent-to-image conditional GAN (Andrei & Ionescu 2025, Annals ASR Sci. Inf., §3.1).
+
+Model code only. G: one-hot label ⊕ z (1500-d) -> linear projection -> reshape to a
+``filters x s x s`` map -> 5 stride-2 4x4 transposed convs (128 filters, LeakyReLU 0.2)
+-> 3x3 conv to RGB + tanh. D: label broadcast as extra input channels -> 5 stride-2 4x4
+conv blocks (LeakyReLU 0.2) -> flatten -> linear -> 1 logit (sigmoid/BCE applied in the loss).
+
+Resolution rule: the paper's 5 doublings give ``s = image_size / 32`` (4 at its 128 px).
+For sizes not divisible by 32, G works at ``ceil(image_size / 32) * 32`` and area-downsamples
+to ``image_size`` (a convex average, so the output stays in [-1, 1]); see ``CGANConfig``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NUM_UP = 5  # paper: 5 deconvolutional layers, 5 discriminator blocks -> 2**5 scale factor
+
+
+@dataclass(frozen=True)
+class CGANConfig:
+    image_size: int = 128  # paper: NCT-CRC-HE-100K patches at 128 px (native 224 px, resized)
+    # §3.2 and the abstract: 7 classes (BACK and ADI dropped); §3.1 lists 8 incl. ADI -> set per dataset
+    num_classes: int = 7
+    latent_dim: int = 1500  # paper
+    filters: int = 128  # paper: every G deconv has 128 filters
+    d_filters: int = 128  # paper silent on D width; mirror G ("symmetrically conditioned discriminator")
+    kernel_size: int = 4  # paper: (4, 4) in G and D
+    leaky_slope: float = 0.2  # paper (G; D's slope unstated, same value assumed)
+    channels: int = 3  # RGB
+    init_std: float = 0.02  # paper silent; DCGAN N(0, 0.02) init, the standard for this family
+    # optimisation defaults (used by the training loop, kept here so one config carries the paper)
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999  # paper gives only beta1; Adam default
+    batch_size: int = 125
+
+    def __post_init__(self):
+        ints = {"image_size", "num_classes", "latent_dim", "filters", "d_filters", "kernel_size", "channels", "batch_size"}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name in ints:
+                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                    raise ValueError(f"CGANConfig.{f.name} must be a positive int, got {v!r}")
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"CGANConfig.{f.name} must be a finite number, got {v!r}")
+        if self.image_size < 2**NUM_UP:
+            raise ValueError(f"CGANConfig.image_size must be >= {2**NUM_UP} (5 stride-2 layers), got {self.image_size}")
+        if self.num_classes < 2:
+            raise ValueError(f"CGANConfig.num_classes must be >= 2 for a conditional GAN, got {self.num_classes}")
+        if self.kernel_size % 2:
+            # even k with padding (k-2)/2 gives exact x2 / /2 resampling; odd k would break it
+            raise ValueError(f"CGANConfig.kernel_size must be even, got {self.kernel_size}")
+        if not 0 <= self.leaky_slope < 1:
+            raise ValueError(f"CGANConfig.leaky_slope must be in [0, 1), got {self.leaky_slope}")
+        if self.init_std <= 0 or self.lr <= 0:
+            raise ValueError(f"CGANConfig.{'init_std' if self.init_std <= 0 else 'lr'} must be > 0")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"CGANConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
+    @property
+    def start_size(self) -> int:
+        """Side of G's first feature map: image_size / 2**5, rounded up when not divisible."""
+        return -(-self.image_size // 2**NUM_UP)
+
+    @property
+    def native_size(self) -> int:
+        """Size G's deconv stack produces before the (optional) downsample to image_size."""
+        return self.start_size * 2**NUM_UP
+
+
+def _init(module: nn.Module, std: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, std)
+            nn.init.zeros_(m.bias)
+
+
+def _labels(y: torch.Tensor | int, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
+    y = torch.as_tensor(y, device=device, dtype=torch.long)
+    if y.dim() == 0:
+        y = y.expand(n)
+    if y.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},), got {tuple(y.shape)}")
+    return y
+
+
+class Generator(nn.Module):
+    def __init__(self, cfg: CGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        k, s, f = cfg.kernel_size, cfg.start_size, cfg.filters
+        # Paper: "concatenate latent and labels, reshape". A plain reshape of a 1507-d vector is not a
+        # feature map, so (as in its Fig. 2 / intro: "projected into a small multi-channel feature map")
+        # a linear layer projects to f*s*s. One-hot labels: an embedding before a linear layer adds nothing.
+        self.project = nn.Linear(cfg.latent_dim + cfg.num_classes, f * s * s)
+        layers: list[nn.Module] = [nn.LeakyReLU(cfg.leaky_slope)]  # projection is linear; keep it from collapsing into deconv 1
+        for _ in range(NUM_UP):
+            layers += [nn.ConvTranspose2d(f, f, k, stride=2, padding=(k - 2) // 2), nn.LeakyReLU(cfg.leaky_slope)]
+        # Paper: all 5 deconvs have 128 filters, then "the last convolutional layer" uses tanh -> a separate
+        # RGB conv (3x3 'same', as in the Keras cGAN recipe this architecture follows).
+        layers += [nn.Conv2d(f, cfg.channels, 3, padding=1), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+        _init(self, cfg.init_std)
+
+    @property
+    def device(self) -> torch.device:
+        return self.project.weight.device
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        onehot = F.one_hot(y, cfg.num_classes).to(z.dtype)
+        h = self.project(torch.cat([z, onehot], dim=1)).view(-1, cfg.filters, cfg.start_size, cfg.start_size)
+        x = self.net(h)
+        if cfg.native_size != cfg.image_size:
+            # area = box average, non-negative weights: stays in [-1, 1] and anti-aliases
+            x = F.interpolate(x, size=(cfg.image_size, cfg.image_size), mode="area")
+        return x
+
+    @torch.no_grad()
+    def sample(self, n: int, y: torch.Tensor | int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images of class(es) y (int or (n,) tensor); z drawn on the generator's device for reproducibility."""
+        zdev = generator.device if generator is not None else self.device
+        z = torch.randn(n, self.cfg.latent_dim, generator=generator, device=zdev).to(self.device)
+        return self(z, _labels(y, n, self.cfg.num_classes, self.device))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, cfg: CGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        k, f = cfg.kernel_size, cfg.d_filters
+        # Paper is silent on how D sees the label: standard conv-cGAN choice, one-hot broadcast as extra
+        # input channels, so the very first filters can already judge class-consistent colour/texture.
+        cin = cfg.channels + cfg.num_classes
+        layers: list[nn.Module] = []
+        for i in range(NUM_UP):
+            layers += [nn.Conv2d(cin if i == 0 else f, f, k, stride=2, padding=(k - 2) // 2), nn.LeakyReLU(cfg.leaky_slope)]
+        self.net = nn.Sequential(*layers)
+        side = cfg.image_size
+        for _ in range(NUM_UP):  # conv arithmetic: floor((n + 2p - k) / 2) + 1 == n // 2 for even k
+            side //= 2
+        self.head = nn.Linear(f * side * side, 1)  # "flattened and then fed into a sigmoid output"
+        _init(self, cfg.init_std)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        lab = F.one_hot(y, self.cfg.num_classes).to(x.dtype)[:, :, None, None].expand(b, -1, h, w)
+        return self.head(self.net(torch.cat([x, lab], dim=1)).flatten(1)).squeeze(1)
+
+
+def build_cgan(cfg: CGANConfig) -> tuple[Generator, Discriminator]:
+    return Generator(cfg), Discriminator(cfg)
+
+
+def cgan_losses(D: Discriminator, real: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d_loss, g_loss): BCE-with-logits (the paper's sigmoid + cross-entropy, numerically stable).
+
+    d_loss = BCE(D(real), 1) + BCE(D(fake.detach()), 0), summed as with separate real/fake D updates.
+    g_loss = BCE(D(fake), 1): non-saturating. Real and fake share labels y. Both losses use the
+    current D, so backprop both before any optimiser step, each into its own net only, e.g.
+    ``d_loss.backward(inputs=list(D.parameters())); g_loss.backward(inputs=list(G.parameters()))``
+    (stepping D first would invalidate g_loss's graph: recompute it after D's step instead).
+    """
+    bce = F.binary_cross_entropy_with_logits
+    lr, lf = D(real, y), D(fake.detach(), y)
+    d_loss = bce(lr, torch.ones_like(lr)) + bce(lf, torch.zeros_like(lf))
+    lg = D(fake, y)
+    g_loss = bce(lg, torch.ones_like(lg))
+    return d_loss, g_loss

@@ -1,0 +1,89 @@
+import pytest
+import torch
+
+from histosynth.models.cgan import CGANConfig, build_cgan, cgan_losses
+
+# Small widths keep the CPU tests fast; the architecture (5 up / 5 down layers) is unchanged.
+SMALL = dict(num_classes=3, latent_dim=16, filters=8, d_filters=8)
+
+
+@pytest.mark.parametrize("size", [32, 64, 96, 128, 100])
+def test_shapes_and_range(size):
+    torch.manual_seed(0)
+    cfg = CGANConfig(image_size=size, **SMALL)
+    G, D = build_cgan(cfg)
+    y = torch.tensor([0, 1])
+    x = G(torch.randn(2, cfg.latent_dim), y)
+    assert x.shape == (2, 3, size, size)
+    assert x.min() >= -1 and x.max() <= 1
+    assert D(x, y).shape == (2,)
+
+
+def test_paper_defaults_and_param_count():
+    cfg = CGANConfig()
+    assert (cfg.image_size, cfg.latent_dim, cfg.filters, cfg.lr, cfg.beta1, cfg.batch_size) == (128, 1500, 128, 2e-4, 0.5, 125)
+    assert cfg.start_size == 4 and cfg.native_size == 128
+    G, D = build_cgan(cfg)
+    n_g = sum(p.numel() for p in G.parameters())
+    n_d = sum(p.numel() for p in D.parameters())
+    # linear 1507 -> 128*4*4, 5 deconvs 128->128 4x4, 3x3 RGB conv
+    assert n_g == 1507 * 2048 + 2048 + 5 * (128 * 128 * 16 + 128) + 128 * 3 * 9 + 3
+    # conv (3+7)->128, 4 convs 128->128, linear 128*4*4 -> 1
+    assert n_d == 10 * 128 * 16 + 128 + 4 * (128 * 128 * 16 + 128) + 2048 + 1
+
+
+def test_labels_change_output():
+    torch.manual_seed(0)
+    cfg = CGANConfig(image_size=32, **SMALL)
+    G, D = build_cgan(cfg)
+    z = torch.randn(1, cfg.latent_dim).expand(3, -1)
+    x = G(z, torch.tensor([0, 1, 2]))
+    assert not torch.allclose(x[0], x[1]) and not torch.allclose(x[1], x[2])
+    xr = torch.rand(1, 3, 32, 32).expand(3, -1, -1, -1) * 2 - 1
+    d = D(xr, torch.tensor([0, 1, 2]))
+    assert not torch.allclose(d[0], d[1])
+
+
+def test_sample_reproducible():
+    cfg = CGANConfig(image_size=32, **SMALL)
+    G, _ = build_cgan(cfg)
+    a = G.sample(4, 1, generator=torch.Generator().manual_seed(3))
+    b = G.sample(4, torch.tensor([1, 1, 1, 1]), generator=torch.Generator().manual_seed(3))
+    assert a.shape == (4, 3, 32, 32) and torch.equal(a, b)
+    with pytest.raises(ValueError):
+        G.sample(4, torch.tensor([0, 1]))
+
+
+def test_one_adam_step():
+    torch.manual_seed(0)
+    cfg = CGANConfig(image_size=32, **SMALL)
+    G, D = build_cgan(cfg)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    real = torch.rand(4, 3, 32, 32) * 2 - 1
+    y = torch.tensor([0, 1, 2, 0])
+    fake = G(torch.randn(4, cfg.latent_dim), y)
+    before = D(real, y).detach()
+    d_loss, g_loss = cgan_losses(D, real, fake, y)
+    assert torch.isfinite(d_loss) and torch.isfinite(g_loss)
+    opt_d.zero_grad()
+    opt_g.zero_grad()
+    d_loss.backward(inputs=list(D.parameters()))  # each loss into its own net only
+    g_loss.backward(inputs=list(G.parameters()))
+    assert all(p.grad is not None for p in G.parameters())
+    opt_d.step()
+    opt_g.step()
+    assert all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()])
+    assert not torch.allclose(D(real, y), before)
+    d2, g2 = cgan_losses(D, real, G(torch.randn(4, cfg.latent_dim), y), y)
+    assert torch.isfinite(d2) and torch.isfinite(g2)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("image_size", 16), ("image_size", 0), ("num_classes", 1), ("latent_dim", 0), ("filters", -1),
+     ("kernel_size", 3), ("leaky_slope", 1.5), ("lr", 0.0), ("beta1", 1.0), ("batch_size", 0), ("image_size", 64.0)],
+)
+def test_bad_config(field, value):
+    with pytest.raises(ValueError, match=field):
+        CGANConfig(**{field: value})
