@@ -56,7 +56,7 @@ def test_changed_settings_do_not_resume(tmp_path, capsys):
     x, y = data()
     train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2))
     train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2, lr=1e-4))
-    assert "other settings; starting from epoch 1" in capsys.readouterr().out
+    assert "from other settings or data; training from epoch 1" in capsys.readouterr().out
 
 
 def test_divergence_names_the_epoch(tmp_path, monkeypatch):

@@ -64,3 +64,22 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_resume_state(path, run_key: str, tag: str) -> dict | None:
+    """The state saved at `path` if it belongs to this exact run (same `run_key`), else None.
+
+    A job resumes only from its own settings and data; anything else (or an
+    unreadable file) means training from epoch 1, said in the log under `tag`.
+    """
+    if not Path(path).is_file():
+        return None
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:
+        print(f"[{tag}] ignoring unreadable resume state {path} ({e}); training from epoch 1")
+        return None
+    if state.get("key") != run_key:
+        print(f"[{tag}] resume state {path} is from other settings or data; training from epoch 1")
+        return None
+    return state

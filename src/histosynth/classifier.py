@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .augment import AugmentConfig
 from .batches import BatchIterator
+from .checkpoint import load_resume_state
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
 from .metrics import classification_metrics
@@ -113,21 +114,6 @@ def predict_proba(model: nn.Module, batches: BatchIterator) -> np.ndarray:
     return torch.cat(out).numpy().astype(np.float64)
 
 
-def load_resume_state(path, run_key: str) -> dict | None:
-    """The saved training state at `path` if it belongs to this exact run, else None."""
-    if not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated by a kill mid-write cannot happen (atomic), but disks fail
-        print(f"[classifier] ignoring unreadable resume state {path} ({e}); training from epoch 1")
-        return None
-    if state.get("key") != run_key:
-        print(f"[classifier] resume state {path} is from other settings or data; training from epoch 1")
-        return None
-    return state
-
-
 def scores_for_metrics(proba: np.ndarray) -> np.ndarray:
     """Binary tasks are scored by P(class 1); multi-class by the full probability matrix."""
     return proba[:, 1] if proba.shape[1] == 2 else proba
@@ -175,7 +161,7 @@ def train_classifier(
     run_key = json.dumps({"cfg": asdict(cfg), "strategy": strategy, "seed": seed, "n_valid": len(x_valid),
                           "subset": hashlib.sha256(subset.tobytes()).hexdigest()}, sort_keys=True)
     start = 1
-    state = load_resume_state(resume_path, run_key) if resume_path else None
+    state = load_resume_state(resume_path, run_key, "classifier") if resume_path else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

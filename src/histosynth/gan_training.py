@@ -24,7 +24,8 @@ import torch
 from tqdm import tqdm
 
 from .batches import BatchIterator
-from .checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import list_checkpoints, load_resume_state, rng_state, save_checkpoint, set_rng_state
+from .classifier import pick_device
 from .errors import InputError
 from .fileio import atomic_path, write_text
 
@@ -108,12 +109,6 @@ class CGANAdapter:
 ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter}
 
 
-def _pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
               cfg: GANTrainConfig) -> Path:
     """Train (or resume) a class-conditional GAN on uint8 NHWC images; return the last snapshot's path."""
@@ -122,7 +117,7 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     if cfg.save_from >= cfg.epochs:
         raise InputError(f"save_from ({cfg.save_from}) must be below epochs ({cfg.epochs}): "
                          "no checkpoint would be saved for selection")
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
     ckpt_dir = Path(ckpt_dir)
     torch.manual_seed(cfg.seed)
     model = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas))
@@ -134,7 +129,7 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     run_key = json.dumps(asdict(cfg), sort_keys=True) + f"|n={len(images)}"
 
     history, start = [], 1
-    state = _resume_state(ckpt_dir, run_key)
+    state = load_resume_state(ckpt_dir / "resume.pt", run_key, "train_generator")
     if state is not None:
         model.G.load_state_dict(state["G"])
         model.D.load_state_dict(state["D"])
@@ -179,18 +174,3 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
         "\t".join(f"{r.get(c, float('nan')):.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
         for r in history))
     return ckpt_dir
-
-
-def _resume_state(ckpt_dir: Path, run_key: str) -> dict | None:
-    path = ckpt_dir / "resume.pt"
-    if not path.is_file():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except Exception as e:
-        print(f"[train_generator] {path} is unreadable ({e}); starting from epoch 1")
-        return None
-    if state.get("key") != run_key:
-        print(f"[train_generator] {path} was written under other settings; starting from epoch 1")
-        return None
-    return state
