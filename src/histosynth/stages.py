@@ -109,8 +109,6 @@ def select_checkpoint(smk):
 def generate(smk):
     import json
 
-    import numpy as np
-
     from .checkpoint import checkpoint_path
     from .generate import generate_pool
     from .split import read_subset
