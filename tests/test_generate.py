@@ -40,10 +40,16 @@ def test_score_every_snapshot(trained, tmp_path):
     tmp, x = trained
     feats = extract_features(MeanColour(), x)
     mu, sigma = gaussian_stats(feats)
-    table = score_checkpoints(tmp / "ckpt", {"mu": mu, "sigma": sigma, "features": feats}, MeanColour(),
+    real = {"mu": mu, "sigma": sigma, "features": feats}
+    table = score_checkpoints(tmp / "ckpt", {"domain": (MeanColour(), real), "inception": (MeanColour(), real)},
                               {0: 6, 1: 6}, tmp_path / "scores.tsv")
     assert table.epoch.tolist() == [2, 3] and (table.fid >= -1e-6).all()
-    assert pd.read_csv(tmp_path / "scores.tsv", sep="\t").shape == (2, 4)
+    # Both feature spaces score the same images: the same extractor gives the same numbers.
+    np.testing.assert_allclose(table.fid, table.fid_inception)
+    np.testing.assert_allclose(table.kid, table.kid_inception)
+    written = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
+    assert list(written.columns) == ["epoch", "fid", "kid", "kid_std", "fid_inception", "kid_inception",
+                                     "kid_inception_std"]
 
 
 def test_pool_counts_seeds_and_regeneration(trained, tmp_path):

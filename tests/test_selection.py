@@ -32,8 +32,21 @@ def test_write_selection_outputs(tmp_path):
     assert write_selection(scores, *out, alpha=0.5) == 3
     choice = json.loads(out[2].read_text())
     assert choice["epoch"] == 3 and choice["alpha"] == 0.5 and choice["fid_ema"] == pytest.approx(17.5)
-    assert pd.read_csv(out[0], sep="\t").epoch.tolist() == [1, 2, 3]  # sorted by epoch
+    assert choice["kid"] == pytest.approx(0.1)  # every scored metric at the chosen epoch
+    curve = pd.read_csv(out[0], sep="\t")
+    assert curve.epoch.tolist() == [1, 2, 3] and list(curve.columns) == ["epoch", "fid", "kid", "fid_ema"]
     assert out[1].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_select_on_kid_instead_of_fid(tmp_path):
+    scores = tmp_path / "scores.tsv"
+    pd.DataFrame({"epoch": [1, 2, 3], "fid": [10.0, 30.0, 20.0], "kid": [0.3, 0.1, 0.2]}).to_csv(
+        scores, sep="\t", index=False)
+    out = [tmp_path / n for n in ("curve.tsv", "curve.png", "choice.json")]
+    assert write_selection(scores, *out, metric="kid", alpha=0.0) == 2
+    assert json.loads(out[2].read_text())["metric"] == "kid"
+    with pytest.raises(InputError, match="fid_inception"):
+        write_selection(scores, *out, metric="fid_inception")
 
 
 @pytest.mark.parametrize("table,match", [

@@ -161,6 +161,22 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, "generate": 2}
     changed = {**config, "generation": {**config["generation"], "seed": 3}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"generate": 2}
+    changed = {**config, "selection": {**config["selection"], "metric": "kid"}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, "generate": 2}
+    # Dropping in pytorch-fid's weights adds Inception statistics and rescoring, never retraining.
+    weights = tmp / "pt_inception.pth"
+    weights.write_bytes(b"stand-in: a dry run only checks that the file exists")
+    changed = {**config, "selection": {**config["selection"], "inception_weights": str(weights)}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {
+        "inception_stats": 2, "score_checkpoints": 2, "select_checkpoint": 2, "generate": 2}
+
+
+def test_inception_metric_without_weights_is_a_config_error(tmp_path):
+    config = {**micro_config(tmp_path, {}), **GAN_MICRO}
+    config["selection"] = {**config["selection"], "metric": "fid_inception",
+                           "inception_weights": str(tmp_path / "absent.pth")}
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0 and "inception_weights" in proc.stdout + proc.stderr
 
 
 @pytest.mark.parametrize("override,needle", [

@@ -64,12 +64,16 @@ def class_labels(counts: dict[int, int]) -> np.ndarray:
     return np.concatenate([np.full(n, c, np.int64) for c, n in sorted(counts.items())])
 
 
-def score_checkpoints(ckpt_dir, real_stats: dict, extractor, n_per_class: dict[int, int], out_tsv, *,
+def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], out_tsv, *,
                       batch_size=256, device="cpu", seed=0) -> pd.DataFrame:
-    """FID and KID (domain features) of every snapshot against the real subset's statistics.
+    """FID and KID of every snapshot against the real subset, once per feature space.
 
-    Every snapshot is scored on the same latents (same seeds), so differences
-    between epochs come from the weights, not from sampling noise.
+    `references` maps a feature-space name to (extractor, real statistics from
+    `features.load_stats`): "domain" gives the columns fid/kid, any other name
+    (e.g. "inception") gives fid_<name>/kid_<name>. Every snapshot is scored on
+    the same latents (same seeds), so differences between epochs come from the
+    weights, not from sampling noise; the images are generated once per snapshot
+    and shared by all feature spaces.
     """
     snapshots = list_checkpoints(ckpt_dir)
     if not snapshots:
@@ -78,13 +82,17 @@ def score_checkpoints(ckpt_dir, real_stats: dict, extractor, n_per_class: dict[i
     seeds = seed * 1_000_003 + np.arange(len(labels))
     rows = []
     for epoch, path in tqdm(snapshots, desc="score checkpoints"):
-        G = load_generator(path, device)
-        fake = extract_features(extractor, sample_images(G, labels, seeds, batch_size, device), batch_size, device)
-        mu, sigma = gaussian_stats(fake)
-        kid, kid_std = kernel_inception_distance(real_stats["features"], fake, n_subsets=20, seed=seed)
-        rows.append({"epoch": epoch, "fid": frechet_distance(real_stats["mu"], real_stats["sigma"], mu, sigma),
-                     "kid": kid, "kid_std": kid_std})
-        print(f"[score_checkpoints] epoch {epoch}: FID {rows[-1]['fid']:.3f} KID {kid:.5f}")
+        images = sample_images(load_generator(path, device), labels, seeds, batch_size, device)
+        row = {"epoch": epoch}
+        for space, (extractor, real) in references.items():
+            suffix = "" if space == "domain" else f"_{space}"
+            fake = extract_features(extractor, images, batch_size, device)
+            mu, sigma = gaussian_stats(fake)
+            kid, kid_std = kernel_inception_distance(real["features"], fake, n_subsets=20, seed=seed)
+            row |= {f"fid{suffix}": frechet_distance(real["mu"], real["sigma"], mu, sigma),
+                    f"kid{suffix}": kid, f"kid{suffix}_std": kid_std}
+        rows.append(row)
+        print(f"[score_checkpoints] epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     table = pd.DataFrame(rows)
     write_text(out_tsv, table.to_csv(sep="\t", index=False, float_format="%.6f"))
     return table

@@ -34,31 +34,41 @@ def read_scores(path, metric: str) -> pd.DataFrame:
     return scores.sort_values("epoch").reset_index(drop=True)
 
 
+METRICS = ("fid", "kid", "fid_inception", "kid_inception")  # the columns score_checkpoints may write
+
+
 def select_checkpoint(scores: pd.DataFrame, metric: str = "fid", alpha: float = 0.5) -> tuple[int, pd.DataFrame]:
     """The epoch minimising the EMA-smoothed `metric`, and the curve with a `<metric>_ema` column.
 
-    Ties go to the earliest epoch.
+    The curve keeps every other metric of the score table (raw), so one file shows
+    how FID and KID agree. Ties go to the earliest epoch.
     """
-    curve = scores[["epoch", metric]].copy()
+    curve = scores[["epoch"] + [m for m in METRICS if m in scores]].copy()
     curve[f"{metric}_ema"] = ema_smooth(curve[metric].to_numpy(), alpha)
     best = int(curve["epoch"].iloc[int(np.argmin(curve[f"{metric}_ema"].to_numpy()))])
     return best, curve
 
 
 def plot_curve(curve: pd.DataFrame, metric: str, alpha: float, best: int, path, title: str = "") -> None:
+    """One panel per scored metric; the selection metric with its EMA, the chosen epoch on all."""
     import matplotlib
     import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(curve.epoch, curve[metric], color="0.6", lw=1, marker=".", label=f"{metric} (raw)")
-    ax.plot(curve.epoch, curve[f"{metric}_ema"], color="C0", lw=2, label=f"EMA, α = {alpha:g}")
-    ax.axvline(best, color="C3", ls="--", lw=1, label=f"selected: epoch {best}")
-    ax.set(xlabel="epoch", ylabel=metric.upper(), title=title)
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.legend(frameon=False)
+    shown = [metric] + [m for m in METRICS if m in curve and m != metric]
+    fig, axes = plt.subplots(len(shown), 1, figsize=(6, 2.6 * len(shown) + 0.6), sharex=True, squeeze=False)
+    for ax, m in zip(axes[:, 0], shown):
+        ax.plot(curve.epoch, curve[m], color="0.6", lw=1, marker=".", label=f"{m} (raw)")
+        if m == metric:
+            ax.plot(curve.epoch, curve[f"{m}_ema"], color="C0", lw=2, label=f"EMA, α = {alpha:g}")
+        ax.axvline(best, color="C3", ls="--", lw=1, label=f"selected: epoch {best}")
+        ax.set_ylabel(m.replace("_", " ").upper().replace("INCEPTION", "(Inception)"))
+        ax.legend(frameon=False, fontsize=8)
+    axes[-1, 0].set_xlabel("epoch")
+    axes[-1, 0].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0, 0].set_title(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
@@ -68,13 +78,15 @@ def plot_curve(curve: pd.DataFrame, metric: str, alpha: float, best: int, path, 
 def write_selection(scores_path, curve_path, plot_path, choice_path, *, metric: str = "fid",
                     alpha: float = 0.5, title: str = "") -> int:
     """Select from a score table; write the curve (TSV), its plot and the chosen epoch (JSON)."""
+    if metric not in METRICS:
+        raise InputError(f"selection metric '{metric}' is not one of {list(METRICS)}")
     scores = read_scores(scores_path, metric)
     best, curve = select_checkpoint(scores, metric, alpha)
     write_text(curve_path, curve.to_csv(sep="\t", index=False, float_format="%.6f"))
     plot_curve(curve, metric, alpha, best, plot_path, title)
     row = curve[curve.epoch == best].iloc[0]
     write_json(choice_path, {"epoch": best, "metric": metric, "alpha": alpha,
-                             metric: float(row[metric]), f"{metric}_ema": float(row[f"{metric}_ema"]),
+                             **{m: float(row[m]) for m in curve.columns if m != "epoch"},
                              "raw_argmin_epoch": int(curve.epoch.iloc[int(np.argmin(curve[metric]))])})
-    print(f"[select_checkpoint] epoch {best} ({metric} {row[metric]:.3f}, EMA {row[f'{metric}_ema']:.3f})")
+    print(f"[select_checkpoint] epoch {best} ({metric} {row[metric]:.4g}, EMA {row[f'{metric}_ema']:.4g})")
     return best

@@ -84,8 +84,22 @@ def train_generator(smk):
               smk.output.losses, GANTrainConfig(**cfg))
 
 
+def inception_stats(smk):
+    """pytorch-fid Inception statistics of the real subset, for standard FID."""
+    from .classifier import pick_device
+    from .features import extract_features, inception_extractor, save_stats
+    from .split import read_subset
+    from .store import read_store
+
+    torch.set_num_threads(smk.threads)
+    images, _, _ = read_store(smk.input.train, read_subset(smk.input.subset))
+    device = pick_device(smk.params.device)
+    save_stats(smk.output.stats, extract_features(inception_extractor(smk.input.weights), images,
+                                                  smk.params.batch_size, device))
+
+
 def score_checkpoints(smk):
-    from .features import domain_extractor, load_stats
+    from .features import domain_extractor, inception_extractor, load_stats
     from .generate import score_checkpoints as score
     from .store import store_info
 
@@ -93,8 +107,11 @@ def score_checkpoints(smk):
     p = smk.params
     n_classes = len(store_info(smk.input.train).class_names)
     device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
-    score(os.path.join(os.path.dirname(smk.input.losses), "checkpoints"), load_stats(smk.input.stats),
-          domain_extractor(smk.input.extractor, p.backbone, n_classes),
+    references = {"domain": (domain_extractor(smk.input.extractor, p.backbone, n_classes), load_stats(smk.input.stats))}
+    if "inception_stats" in smk.input.keys():
+        references["inception"] = (inception_extractor(smk.input.inception_weights),
+                                   load_stats(smk.input.inception_stats))
+    score(os.path.join(os.path.dirname(smk.input.losses), "checkpoints"), references,
           {c: p.images_per_class for c in range(n_classes)}, smk.output.scores,
           batch_size=p.batch_size, device=device, seed=p.seed)
 
@@ -103,7 +120,8 @@ def select_checkpoint(smk):
     from .selection import write_selection
 
     write_selection(smk.input.scores, smk.output.curve, smk.output.plot, smk.output.choice,
-                    alpha=smk.params.alpha, title=f"{smk.wildcards.generator}, subset {smk.wildcards.subset}")
+                    metric=smk.params.metric, alpha=smk.params.alpha,
+                    title=f"{smk.wildcards.generator}, subset {smk.wildcards.subset}")
 
 
 def generate(smk):

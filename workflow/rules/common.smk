@@ -21,6 +21,16 @@ try:
     resolve_options(DATASET, config["dataset"]["options"])
 except InputError as e:
     raise ValueError(f"config dataset.options: {e}") from None
+# Inception FID only when the user has put pytorch-fid's weights file in place
+# (it is never downloaded at run time); the domain FID is always computed.
+INCEPTION = config["selection"]["inception_weights"]
+if INCEPTION and not Path(INCEPTION).is_file():
+    print(f"histosynth: selection.inception_weights {INCEPTION} not found: scoring checkpoints "
+          "with the domain extractor only", file=sys.stderr)
+    INCEPTION = None
+if config["selection"]["metric"].endswith("_inception") and not INCEPTION:
+    raise ValueError(f"config selection.metric is {config['selection']['metric']!r}, which needs "
+                     "selection.inception_weights to name an existing file")
 SUBSETS = list(range(config["subsets"]["k"]))
 SEEDS = list(range(config["seeds"]))
 STAGE = "../scripts/stage.py"
@@ -65,3 +75,11 @@ def generator_params(generator):
     cfg.pop("threads")
     cfg["family"] = generator
     return cfg
+
+
+def inception_inputs(wildcards):
+    """Inception statistics and weights for score_checkpoints, when configured."""
+    if not INCEPTION:
+        return {}
+    return {"inception_stats": f"{RESULTS}/feature_extractor/subset{wildcards.subset}/inception_stats.npz",
+            "inception_weights": INCEPTION}

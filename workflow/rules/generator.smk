@@ -30,6 +30,27 @@ rule feature_extractor:
         STAGE
 
 
+rule inception_stats:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        weights=lambda w: INCEPTION,
+    output:
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/inception_stats.npz",
+    params:
+        batch_size=config["selection"]["batch_size"],
+        device=config["classifier"]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=1 if config["classifier"]["device"] != "cpu" else 0,
+    log:
+        f"{LOGS}/inception_stats/subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
 rule train_generator:
     input:
         train=f"{RESULTS}/data/train.h5",
@@ -51,6 +72,7 @@ rule train_generator:
 
 rule score_checkpoints:
     input:
+        unpack(inception_inputs),
         losses=f"{GEN}/losses.tsv",
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
@@ -83,6 +105,7 @@ rule select_checkpoint:
         choice=f"{GEN}/selected.json",
     params:
         alpha=config["selection"]["alpha"],
+        metric=config["selection"]["metric"],
     log:
         f"{LOGS}/select_checkpoint/{{generator}}_subset{{subset}}.log",
     conda:
