@@ -43,12 +43,23 @@ class GANTrainConfig:
     n_eval_noise: int = 64  # fixed noise stored with every snapshot (sample grids)
     seed: int = 0
     device: str = "auto"
+    # bfloat16 autocast for forward passes on CUDA GPUs that support it (Ampere and later);
+    # the WGAN-GP penalty always runs in float32. fp16-only GPUs train in float32: fp16's
+    # range under a double backward needs loss scaling that the penalty does not tolerate well.
+    amp: bool = True
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype for this device, or None for full float32."""
+    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
 
 
 class HistoGANAdapter:
     """What the loop needs from HistoGAN: models, optimisers and one training step."""
 
-    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas):
+    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
         from .models import histogan
 
         self.h = histogan
@@ -57,18 +68,24 @@ class HistoGANAdapter:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.z_dim = self.cfg.z_dim
+        self.amp = amp
+
+    def autocast(self, x):
+        return torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None)
 
     def step(self, x, y, train_g: bool) -> dict:
         reals = self.h.real_pyramid(x, self.cfg.stage_sizes)
         z = torch.randn(len(x), self.z_dim, device=x.device)
-        fakes = self.G(z, y)
-        d_loss, _ = self.h.critic_loss(self.D, reals, fakes, y, gp_weight=self.cfg.gp_weight)
+        with self.autocast(x):
+            fakes = self.G(z, y)
+            d_loss, _ = self.h.critic_loss(self.D, reals, fakes, y, gp_weight=self.cfg.gp_weight)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
         losses = {"d_loss": d_loss.detach()}
         if train_g:
-            g_loss = self.h.generator_loss(self.D, fakes, y)
+            with self.autocast(x):
+                g_loss = self.h.generator_loss(self.D, fakes, y)
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
@@ -79,7 +96,7 @@ class HistoGANAdapter:
 class CGANAdapter:
     """The latent-to-image cGAN (BCE, non-saturating generator loss)."""
 
-    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas):
+    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
         from .models import cgan
 
         self.c = cgan
@@ -88,11 +105,14 @@ class CGANAdapter:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.z_dim = self.cfg.latent_dim
+        self.amp = amp
 
     def step(self, x, y, train_g: bool) -> dict:
         z = torch.randn(len(x), self.z_dim, device=x.device)
-        fake = self.G(z, y)
-        d_loss, g_loss = self.c.cgan_losses(self.D, x, fake, y)
+        # BCE-with-logits is autocast to float32; no double backward, so bf16 is safe throughout.
+        with torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None):
+            fake = self.G(z, y)
+            d_loss, g_loss = self.c.cgan_losses(self.D, x, fake, y)
         # Both gradients first, each into its own network, then both steps: stepping D
         # before g_loss.backward() would modify tensors g_loss's graph still needs.
         self.opt_d.zero_grad(set_to_none=True)
@@ -120,7 +140,12 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     device = pick_device(cfg.device)
     ckpt_dir = Path(ckpt_dir)
     torch.manual_seed(cfg.seed)
-    model = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas))
+    amp = amp_dtype(device, cfg.amp)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for what stays float32 (Ampere+)
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    print(f"[train_generator] device {device}, {'autocast ' + str(amp) if amp else 'float32'}")
+    model = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp)
     model.G.to(device), model.D.to(device)
     eval_noise = torch.randn(cfg.n_eval_noise, model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     eval_labels = torch.arange(cfg.n_eval_noise) % num_classes

@@ -279,10 +279,14 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Te
     With batch norm and minibatch discrimination in the critic, D(x_hat_i) also depends on the
     other x_hat_j; we differentiate sum_i D(x_hat_i) w.r.t. each x_hat_i, as the paper's setup implies.
     """
-    eps = torch.rand(real.size(0), 1, 1, 1, device=real.device, dtype=real.dtype)
-    x_hat = (eps * real + (1 - eps) * fake.detach()).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(x_hat, y).sum(), x_hat, create_graph=True)
-    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+    real, fake = real.float(), fake.detach().float()
+    eps = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    # Always float32, also inside an autocast region: a double backward through bf16/fp16
+    # activations makes the penalty too coarse to hold the critic near 1-Lipschitz.
+    with torch.autocast(real.device.type, enabled=False):
+        (grad,) = torch.autograd.grad(critic(x_hat, y).sum(), x_hat, create_graph=True)
+        return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def critic_loss(
