@@ -161,6 +161,7 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
         model.opt_g.load_state_dict(state["opt_g"])
         model.opt_d.load_state_dict(state["opt_d"])
         set_rng_state(state["rng"])
+        eval_noise = state["eval_noise"]
         history, start = state["history"], state["epoch"] + 1
         print(f"[train_generator] resuming after epoch {state['epoch']}")
     else:
@@ -192,7 +193,7 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
         with atomic_path(ckpt_dir / "resume.pt") as tmp:
             torch.save({"key": run_key, "epoch": epoch, "G": model.G.state_dict(), "D": model.D.state_dict(),
                         "opt_g": model.opt_g.state_dict(), "opt_d": model.opt_d.state_dict(),
-                        "rng": rng_state(), "history": history}, tmp)
+                        "rng": rng_state(), "eval_noise": eval_noise, "history": history}, tmp)
 
     cols = list(history[0])
     write_text(losses_path, "\t".join(cols) + "\n" + "".join(

@@ -46,7 +46,9 @@ class HistoGANConfig:
     mbd_kernel_dim: int = 5  # minibatch discrimination C
     d_projection: bool = False  # paper conditions D by CBN only; projection term (Miyato & Koyama 2018) is opt-in
     attn_pool: bool = True  # 2x2 max-pool keys/values as in the official SAGAN code: 4x less attention memory
-    gp_weight: float = 10.0  # WGAN-GP lambda (Gulrajani et al.); the paper's "delta = 50" is not clearly this weight
+    # §4.2.1: "the parameter delta for WGAN-GP loss is set to 50". The penalty weight (lambda = 10
+    # in Gulrajani et al.) is WGAN-GP's only loss parameter, so delta is read as lambda.
+    gp_weight: float = 50.0
 
     @property
     def num_stages(self) -> int:
@@ -222,7 +224,7 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """WGAN-GP critic for one stage: D(x, y) -> (n,) unbounded scores (no sigmoid).
 
-    4x4 stride-2 SN convs + CBN + LeakyReLU until the map is <= 4 px (or odd), self-attention at
+    4x4 stride-2 SN convs + CBN (none after the first) + LeakyReLU until the map is <= 4 px (or odd), self-attention at
     the first map of side <= 32, then 3x3 SN conv + CBN + LeakyReLU, flatten, minibatch
     discrimination and an SN linear. Optional projection term <embed(y), features>.
     """
@@ -235,7 +237,8 @@ class Discriminator(nn.Module):
         while res > 4 and res % 2 == 0:
             cout = cfg.d_channels * min(2**i, cfg.d_max_mult)
             self.convs.append(spectral_norm(nn.Conv2d(cin, cout, 4, 2, 1)))
-            self.bns.append(ConditionalBatchNorm2d(cout, nc))
+            if i > 0:  # not after the first conv: see forward()
+                self.bns.append(ConditionalBatchNorm2d(cout, nc))
             cin, res, i = cout, res // 2, i + 1
             if self.attn_at is None and res <= 32:
                 self.attn_at, attn_ch = i - 1, cout
@@ -253,8 +256,15 @@ class Discriminator(nn.Module):
         h = x
         if self.attn_at < 0:
             h = self.attn(h)
-        for i, (conv, bn) in enumerate(zip(self.convs, self.bns)):
-            h = F.leaky_relu(bn(conv(h), y), 0.2)
+        for i, conv in enumerate(self.convs):
+            h = conv(h)
+            # The paper puts CBN after every critic conv; we skip the first, as DCGAN and
+            # StackGAN++ do. Batch statistics right after a linear layer erase whatever the
+            # whole batch shares (a colour cast, a brightness shift), and the critic sees
+            # real and fake batches separately: it could not tell a grey generator from
+            # pink tissue. A toy check (bench/gan_convergence.py) shows G stuck on one grey
+            # colour for both classes with it, and learning the class colours without it.
+            h = F.leaky_relu(self.bns[i - 1](h, y) if i > 0 else h, 0.2)
             if i == self.attn_at:
                 h = self.attn(h)
         h = F.leaky_relu(self.bn_out(self.conv_out(h), y), 0.2)
@@ -290,7 +300,7 @@ def gradient_penalty(critic, real: torch.Tensor, fake: torch.Tensor, y: torch.Te
 
 
 def critic_loss(
-    discriminators, reals: list[torch.Tensor], fakes: list[torch.Tensor], y: torch.Tensor, gp_weight: float = 10.0
+    discriminators, reals: list[torch.Tensor], fakes: list[torch.Tensor], y: torch.Tensor, gp_weight: float
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Sum over stages of D(fake) - D(real) + lambda * GP. Fakes are detached (critic step only).
 
