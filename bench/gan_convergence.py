@@ -8,7 +8,7 @@ steps: losses, the mean colour of generated images per class (real: 0.90 0.50
 0.70 and 0.40 0.20 0.60) and the spread of per-image mean colours (real: about
 0.06; 0 means collapse).
 
-    .venv/bin/python bench/gan_convergence.py histogan --steps 1800
+    .venv/bin/python bench/gan_convergence.py histogan --steps 1500 [--gp-weight 10]
     .venv/bin/python bench/gan_convergence.py cgan --steps 1200
 """
 
@@ -64,11 +64,15 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=300)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gp-weight", type=float, default=None, help="HistoGAN WGAN-GP weight (default: the model's, 50)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x, y = toy_data(512, 32)
-    model = ADAPTERS[args.family](MODELS[args.family], 2, 32, 2e-4, (0.5, 0.999))
+    model_cfg = dict(MODELS[args.family])
+    if args.gp_weight is not None:
+        model_cfg["gp_weight"] = args.gp_weight
+    model = ADAPTERS[args.family](model_cfg, 2, 32, 2e-4, (0.5, 0.999))
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(x), (args.batch,))

@@ -67,6 +67,21 @@ def test_changed_settings_do_not_resume(tmp_path, capsys):
     assert "from other settings or data; training from epoch 1" in capsys.readouterr().out
 
 
+def test_resume_state_of_another_architecture_restarts(tmp_path, capsys, monkeypatch):
+    x, y = data()
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2))
+    fresh = torch.load(tmp_path / "c/epoch_00002.pt", weights_only=True)["G"]
+    # Same settings, but the code's model changed (here: a new default) since resume.pt was written.
+    state = torch.load(tmp_path / "c/resume.pt", weights_only=True)
+    state["G"] = {k + "_renamed": v for k, v in state["G"].items()}
+    state["epoch"] = 1
+    torch.save(state, tmp_path / "c/resume.pt")
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2))
+    assert "does not fit this model" in capsys.readouterr().out
+    again = torch.load(tmp_path / "c/epoch_00002.pt", weights_only=True)["G"]
+    assert all(torch.equal(v, again[k]) for k, v in fresh.items())  # a clean restart, same as fresh
+
+
 def test_divergence_names_the_epoch(tmp_path, monkeypatch):
     x, y = data()
     monkeypatch.setattr(gt.HistoGANAdapter, "step",

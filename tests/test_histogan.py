@@ -7,6 +7,7 @@ from torch.nn.utils import parametrize
 
 from histosynth.models.histogan import (
     ConditionalBatchNorm2d,
+    ConditionalLayerNorm2d,
     HistoGANConfig,
     MinibatchDiscrimination,
     build_histogan,
@@ -112,10 +113,26 @@ def test_gradient_penalty_zero_for_unit_lipschitz_linear_critic():
     assert gp.item() == pytest.approx(4.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("projection", [False, True])
-def test_one_wgan_gp_step_stays_finite(projection):
+def test_critic_layer_norm_is_per_sample_and_class_conditional():
     torch.manual_seed(0)
-    cfg = tiny(32, d_projection=projection)
+    x, others = torch.randn(1, 8, 5, 5), torch.randn(3, 8, 5, 5)
+    ln, bn = ConditionalLayerNorm2d(8, 2), ConditionalBatchNorm2d(8, 2)
+    for norm in (ln, bn):
+        nn.init.normal_(norm.gamma.weight)
+    y = torch.tensor([1, 0, 1, 0])
+    # A sample's output does not depend on the rest of its batch (what the per-sample GP assumes) ...
+    torch.testing.assert_close(ln(torch.cat([x, others]), y)[:1], ln(x, y[:1]))
+    assert not torch.allclose(bn(torch.cat([x, others]), y)[:1], bn(torch.cat([x, -others]), y)[:1])
+    # ... but does depend on its label.
+    assert not torch.allclose(ln(x, torch.tensor([0])), ln(x, torch.tensor([1])))
+    with pytest.raises(ValueError, match="d_norm"):
+        tiny(32, d_norm="instance")
+
+
+@pytest.mark.parametrize("projection,d_norm", [(False, "layer"), (True, "layer"), (False, "batch")])
+def test_one_wgan_gp_step_stays_finite(projection, d_norm):
+    torch.manual_seed(0)
+    cfg = tiny(32, d_projection=projection, d_norm=d_norm)
     g, ds = build_histogan(cfg)
     opt_g = torch.optim.Adam(g.parameters(), 2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(ds.parameters(), 2e-4, betas=(0.5, 0.999))

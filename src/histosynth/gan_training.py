@@ -139,27 +139,40 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
                          "no checkpoint would be saved for selection")
     device = pick_device(cfg.device)
     ckpt_dir = Path(ckpt_dir)
-    torch.manual_seed(cfg.seed)
     amp = amp_dtype(device, cfg.amp)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for what stays float32 (Ampere+)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     print(f"[train_generator] device {device}, {'autocast ' + str(amp) if amp else 'float32'}")
-    model = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp)
-    model.G.to(device), model.D.to(device)
+
+    def fresh_model():
+        torch.manual_seed(cfg.seed)
+        m = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp)
+        m.G.to(device), m.D.to(device)
+        return m
+
+    model = fresh_model()
     eval_noise = torch.randn(cfg.n_eval_noise, model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     eval_labels = torch.arange(cfg.n_eval_noise) % num_classes
     batches = BatchIterator(images, labels, cfg.batch_size, shuffle=True, augment=None, seed=cfg.seed,
                             device=device, drop_last=len(images) > cfg.batch_size)
-    run_key = json.dumps(asdict(cfg), sort_keys=True) + f"|n={len(images)}"
+    # The resolved model config (defaults included), not just what the user wrote: a
+    # changed default must not resume weights of another architecture.
+    run_key = json.dumps({**asdict(cfg), "model": asdict(model.cfg)}, sort_keys=True) + f"|n={len(images)}"
 
     history, start = [], 1
     state = load_resume_state(ckpt_dir / "resume.pt", run_key, "train_generator")
     if state is not None:
-        model.G.load_state_dict(state["G"])
-        model.D.load_state_dict(state["D"])
-        model.opt_g.load_state_dict(state["opt_g"])
-        model.opt_d.load_state_dict(state["opt_d"])
+        try:
+            model.G.load_state_dict(state["G"])
+            model.D.load_state_dict(state["D"])
+            model.opt_g.load_state_dict(state["opt_g"])
+            model.opt_d.load_state_dict(state["opt_d"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            # Same settings, different code (the model changed since the state was saved).
+            print(f"[train_generator] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
+            state, model = None, fresh_model()
+    if state is not None:
         set_rng_state(state["rng"])
         eval_noise = state["eval_noise"]
         history, start = state["history"], state["epoch"] + 1
