@@ -15,6 +15,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/classifier.smk"
 include: "workflow/rules/generator.smk"
+include: "workflow/rules/filter.smk"
 
 
 rule all:
@@ -28,4 +29,11 @@ rule all:
             subset=SUBSETS,
             out=["pool.h5", "samples.png", "fid_curve.png"],
         ),
+        expand(
+            f"{RESULTS}/generators/{{generator}}/subset{{subset}}/filters/{{filter}}/feature_map.png",
+            generator=config["generators"],
+            subset=SUBSETS,
+            filter=config["filters"],
+        ),
+        [f"{RESULTS}/tables/quality.{ext}" for ext in ("tsv", "md", "tex")] if config["generators"] else [],
     default_target: True

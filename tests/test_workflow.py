@@ -58,6 +58,8 @@ def micro_config(tmp_path: Path, checksums: dict) -> dict:
                        "eval_batch_size": 16, "device": "cpu", "threads": 1},
         "strategies": ["baseline", "traditional"],
         "seeds": 1,
+        "generators": [],  # config.yaml (always read first) trains both GANs at paper size
+        "selection": {"inception_weights": None},
     }
 
 
@@ -142,8 +144,12 @@ GAN_MICRO = {
                                          "g_up_blocks": 2, "g_res_blocks": 1, "mbd_kernels": 2,
                                          "mbd_kernel_dim": 2},
                                "epochs": 3, "batch_size": 10, "save_from": 0, "device": "cpu", "threads": 1}},
-    "selection": {"backbone": "resnet18", "extractor_epochs": 1, "images_per_class": 4, "batch_size": 8},
+    "selection": {"backbone": "resnet18", "extractor_epochs": 1, "images_per_class": 4, "batch_size": 8,
+                  "inception_weights": None},
     "generation": {"batch_size": 8},
+    "filters": ["none", "histogan", "realism", "confidence"],
+    "filtering": {"batch_size": 8, "realism_threshold": 0.0, "confidence_threshold": 0.0},  # untrained GAN
+    "quality": {"kid_subsets": 5, "max_points": 50},
 }
 
 
@@ -157,18 +163,31 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     images, labels, _ = read_store(gen / "pool.h5")
     # 4 r N_i per class: subset 0 holds 10 images of each class, r = 0.5.
     assert np.bincount(labels).tolist() == [20, 20] and images.shape[1:] == (32, 32, 3)
+    # Every filter keeps r N_i = 5 per class; the quality table has one row per filter.
+    for name in GAN_MICRO["filters"]:
+        _, kept, _ = read_store(gen / f"filters/{name}/selected.h5")
+        assert np.bincount(kept).tolist() == [5, 5], name
+        assert (gen / f"filters/{name}/feature_map.png").read_bytes()[:4] == b"\x89PNG"
+    quality = pd.read_csv(tmp / "results/pcam/tables/quality.tsv", sep="\t")
+    assert len(quality) == len(GAN_MICRO["filters"])
+    # A filter setting reruns that filter only (and the table).
+    changed = {**config, "filtering": {**config["filtering"], "confidence_threshold": 0.2}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 2, "quality": 2, "quality_table": 1}
+    changed = {**config, "filters": [*config["filters"], "realism_class"]}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 2, "quality": 2, "quality_table": 1}
     changed = {**config, "selection": {**config["selection"], "alpha": 0.9}}
-    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, "generate": 2}
+    downstream = {"generate": 2, "filter": 8, "quality": 8, "quality_table": 1}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, **downstream}
     changed = {**config, "generation": {**config["generation"], "seed": 3}}
-    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"generate": 2}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == downstream
     changed = {**config, "selection": {**config["selection"], "metric": "kid"}}
-    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, "generate": 2}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 2, **downstream}
     # Dropping in pytorch-fid's weights adds Inception statistics and rescoring, never retraining.
     weights = tmp / "pt_inception.pth"
     weights.write_bytes(b"stand-in: a dry run only checks that the file exists")
     changed = {**config, "selection": {**config["selection"], "inception_weights": str(weights)}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {
-        "inception_stats": 2, "score_checkpoints": 2, "select_checkpoint": 2, "generate": 2}
+        "inception_stats": 2, "score_checkpoints": 2, "select_checkpoint": 2, **downstream}
 
 
 def test_inception_metric_without_weights_is_a_config_error(tmp_path):

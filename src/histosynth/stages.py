@@ -146,6 +146,67 @@ def generate(smk):
                   batch_size=p.batch_size, device=device, seed=p.seed)
 
 
+def filter(smk):  # noqa: A001 (the rule is called `filter`)
+    import json
+
+    from .checkpoint import checkpoint_path
+    from .features import load_stats
+    from .filtering import FilterConfig, filter_pool
+    from .split import read_subset
+    from .store import read_store
+
+    torch.set_num_threads(smk.threads)
+    p = smk.params
+    real_images, real_labels, _ = read_store(smk.input.train, read_subset(smk.input.subset))
+    with open(smk.input.choice) as f:
+        epoch = json.load(f)["epoch"]
+    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    filter_pool(FilterConfig(**p.cfg), smk.input.pool, real_images, real_labels,
+                load_stats(smk.input.stats)["features"], smk.input.extractor, p.backbone,
+                checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch),
+                smk.output.selected, smk.output.summary, device=device)
+
+
+def quality(smk):
+    """Quality of the kept images against the real subset, and the real/kept/rejected feature map."""
+    import numpy as np
+
+    from .features import domain_extractor, extract_features, inception_extractor, load_stats
+    from .quality import plot_feature_map, write_quality
+    from .store import read_extra, read_store, store_info
+
+    torch.set_num_threads(smk.threads)
+    p, w = smk.params, smk.wildcards
+    n_classes = len(store_info(smk.input.train).class_names)
+    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    selected, _, _ = read_store(smk.input.selected)
+    pool, _, _ = read_store(smk.input.pool)
+    keep = read_extra(smk.input.selected, "pool_index")
+    rejected = np.setdiff1d(np.arange(len(pool)), keep)  # images drawn beyond the pool were never rejected
+    extractor = domain_extractor(smk.input.extractor, p.backbone, n_classes)
+    real = load_stats(smk.input.stats)["features"]
+    fake = extract_features(extractor, selected, p.batch_size, device)
+    spaces = {"domain": (real, fake)}
+    if "inception_stats" in smk.input.keys():
+        inception = inception_extractor(smk.input.inception_weights)
+        spaces["inception"] = (load_stats(smk.input.inception_stats)["features"],
+                               extract_features(inception, selected, p.batch_size, device))
+    q = p.quality
+    write_quality(smk.output.metrics, spaces, generator=w.generator, filter=w.filter, subset=int(w.subset),
+                  k=q["k"], kid_subsets=q["kid_subsets"], seed=q["seed"])
+    rejected_features = extract_features(extractor, pool[rejected], p.batch_size, device) if len(rejected) else None
+    plot_feature_map(real, fake, rejected_features,
+                     smk.output.plot, f"{w.generator}, subset {w.subset}, filter {w.filter}",
+                     seed=q["seed"], max_points=q["max_points"])
+
+
+def quality_table(smk):
+    from .quality import aggregate_quality
+
+    aggregate_quality(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex,
+                      generators=smk.params.generators, filters=smk.params.filters)
+
+
 def aggregate(smk):
     from .aggregate import aggregate_classification
 

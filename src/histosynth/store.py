@@ -94,6 +94,15 @@ def store_info(path) -> StoreInfo:
         )
 
 
+def read_extra(path, key: str) -> np.ndarray:
+    """A per-image array stored beside the images (see write_store's `extra`), e.g. a pool's seeds."""
+    with _open(path) as f:
+        _check(f, path)
+        if key not in f:
+            raise InputError(f"{path}: missing per-image dataset '{key}' (rerun the stage that wrote it)")
+        return f[key][:]
+
+
 def read_labels(path) -> np.ndarray:
     with _open(path) as f:
         _check(f, path)

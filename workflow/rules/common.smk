@@ -40,6 +40,7 @@ wildcard_constraints:
     subset=r"\d+",
     seed=r"\d+",
     generator=r"[a-z_]+",
+    filter="|".join(["none", "histogan", "realism_class", "realism", "confidence"]),
 
 ENV = "../../envs/histosynth.yaml"
 
@@ -83,3 +84,17 @@ def inception_inputs(wildcards):
         return {}
     return {"inception_stats": f"{RESULTS}/feature_extractor/subset{wildcards.subset}/inception_stats.npz",
             "inception_weights": INCEPTION}
+
+
+def filter_params(name):
+    """Only the settings this filter reads: changing λ never reruns the HistoGAN filter."""
+    f = config["filtering"]
+    cfg = {"name": name, "ratio": config["generation"]["ratio"], "batch_size": f["batch_size"]}
+    if name == "histogan":
+        cfg |= {"mc_dropout": f["mc_dropout"], "mc_passes": f["mc_passes"], "seed": f["seed"]}
+    elif name in ("realism", "realism_class"):
+        cfg |= {"realism_k": f["realism_k"], "realism_threshold": f["realism_threshold"],
+                "max_draw_factor": f["max_draw_factor"]}
+    elif name == "confidence":
+        cfg |= {"confidence_threshold": f["confidence_threshold"], "max_draw_factor": f["max_draw_factor"]}
+    return cfg

@@ -1,0 +1,85 @@
+"""The filter stage on a real (tiny) generator pool: every filter, exact counts, top-up draws."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from histosynth.classifier import build_classifier
+from histosynth.errors import InputError
+from histosynth.features import domain_extractor, extract_features
+from histosynth.filtering import FilterConfig, filter_pool, target_counts
+from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.generate import generate_pool
+from histosynth.store import read_extra, read_store
+from test_gan_training import TINY, data
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("filtering")
+    x, y = data(n=16)
+    train_gan(x, y, 2, tmp / "ckpt", tmp / "losses.tsv",
+              GANTrainConfig(family="histogan", model=TINY, epochs=2, batch_size=8, save_from=1, device="cpu"))
+    snapshot = tmp / "ckpt/epoch_00002.pt"
+    targets = target_counts(y, 2, 0.5)  # 4 per class
+    generate_pool(snapshot, {c: 4 * n for c, n in targets.items()}, ["normal", "tumor"], tmp / "pool.h5",
+                  batch_size=16)
+    torch.manual_seed(0)
+    torch.save(build_classifier("resnet18", 2).state_dict(), tmp / "model.pt")
+    real_features = extract_features(domain_extractor(tmp / "model.pt", "resnet18", 2), x)
+    return tmp, x, y, real_features, snapshot
+
+
+def run(setup, tmp_path, **cfg):
+    tmp, x, y, real_features, snapshot = setup
+    summary = filter_pool(FilterConfig(**cfg), tmp / "pool.h5", x, y, real_features, tmp / "model.pt", "resnet18",
+                          snapshot, tmp_path / "selected.h5", tmp_path / "summary.json")
+    images, labels, _ = read_store(tmp_path / "selected.h5")
+    return summary, images, labels
+
+
+@pytest.mark.parametrize("name", ["none", "histogan", "realism", "realism_class", "confidence"])
+def test_every_filter_keeps_exactly_r_n_per_class(setup, tmp_path, name):
+    cfg = {"name": name, "batch_size": 16, "mc_passes": 2, "realism_threshold": 0.0, "confidence_threshold": 0.0}
+    summary, images, labels = run(setup, tmp_path, **cfg)
+    assert np.bincount(labels).tolist() == [4, 4] and images.shape == (8, 32, 32, 3)
+    assert summary["kept"] == {"normal": 4, "tumor": 4} and summary["drawn"] == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["filter"] == name
+    pool, pool_labels, _ = read_store(setup[0] / "pool.h5")
+    idx = read_extra(tmp_path / "selected.h5", "pool_index")
+    np.testing.assert_array_equal(images, pool[idx])  # the kept images are the pool's, unchanged
+    np.testing.assert_array_equal(labels, pool_labels[idx])
+    if name == "none":
+        assert idx.tolist() == [0, 1, 2, 3, 16, 17, 18, 19]
+    if name == "histogan":
+        assert read_extra(tmp_path / "selected.h5", "entropy").shape == (8,)
+
+
+def test_threshold_filter_draws_more_until_the_target_is_met(setup, tmp_path, monkeypatch):
+    import histosynth.filtering as filtering
+
+    # One image in 8 passes: the pool (16 per class) gives 2 of the 4 wanted per class,
+    # so 32 more per class are drawn from the generator, of which 4 pass.
+    monkeypatch.setattr(filtering._Scorer, "_realism",
+                        lambda self, images, labels: (np.arange(len(images)) % 8 == 0).astype(float))
+    summary, images, labels = run(setup, tmp_path, name="realism", batch_size=16, realism_threshold=0.5)
+    assert np.bincount(labels).tolist() == [4, 4] and summary["drawn"] == 64
+    idx = read_extra(tmp_path / "selected.h5", "pool_index")
+    assert idx.tolist() == [0, 8, 16, 24, 32, 40, 64, 72]  # first passing ones, pool order, then the draws
+    # Drawn images carry fresh seeds (after the pool's), so each can be regenerated.
+    pool_seeds = read_extra(setup[0] / "pool.h5", "seeds")
+    seeds = read_extra(tmp_path / "selected.h5", "seeds")
+    assert len(set(seeds.tolist())) == 8 and (seeds[idx >= 32] > pool_seeds.max()).all()
+
+
+def test_a_threshold_nothing_passes_gives_up_with_a_clear_error(setup, tmp_path):
+    with pytest.raises(InputError, match="still short of 4 normal, 4 tumor"):
+        run(setup, tmp_path, name="confidence", batch_size=16, confidence_threshold=0.999999, max_draw_factor=1)
+    assert not (tmp_path / "selected.h5").exists()
+
+
+def test_unknown_filter():
+    with pytest.raises(InputError, match="not one of"):
+        FilterConfig(name="magic")

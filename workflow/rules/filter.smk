@@ -1,0 +1,81 @@
+# Per (generator, subset, filter): pick r·N_i images per class from the pool, then
+# measure their quality against the real subset; one table over everything.
+
+FILT = f"{GEN}/filters/{{filter}}"
+
+
+rule filter:
+    input:
+        pool=f"{GEN}/pool.h5",
+        choice=f"{GEN}/selected.json",
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    output:
+        selected=f"{FILT}/selected.h5",
+        summary=f"{FILT}/summary.json",
+    params:
+        cfg=lambda w: filter_params(w.filter),
+        backbone=config["selection"]["backbone"],
+        device=lambda w: config["generator"][w.generator]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/filter/{{generator}}_subset{{subset}}_{{filter}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule quality:
+    input:
+        unpack(inception_inputs),
+        selected=f"{FILT}/selected.h5",
+        pool=f"{GEN}/pool.h5",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+        train=f"{RESULTS}/data/train.h5",
+    output:
+        metrics=f"{FILT}/quality.json",
+        plot=report(f"{FILT}/feature_map.png", category="Synthetic image quality",
+                    caption="../report/feature_map.rst"),
+    params:
+        quality=config["quality"],
+        backbone=config["selection"]["backbone"],
+        batch_size=config["selection"]["batch_size"],
+        device=lambda w: config["generator"][w.generator]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/quality/{{generator}}_subset{{subset}}_{{filter}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule quality_table:
+    input:
+        metrics=expand(
+            f"{RESULTS}/generators/{{generator}}/subset{{subset}}/filters/{{filter}}/quality.json",
+            generator=config["generators"],
+            subset=SUBSETS,
+            filter=config["filters"],
+        ),
+    output:
+        tsv=f"{RESULTS}/tables/quality.tsv",
+        md=f"{RESULTS}/tables/quality.md",
+        tex=f"{RESULTS}/tables/quality.tex",
+    params:
+        generators=config["generators"],
+        filters=config["filters"],
+    log:
+        f"{LOGS}/quality_table.log",
+    conda:
+        ENV
+    script:
+        STAGE
