@@ -18,6 +18,7 @@ $(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile config.demo.yaml
 	@echo; cat results/demo/tables/classification.md
+	@echo; cat results/demo/tables/quality.md
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests

@@ -128,6 +128,7 @@ def generate(smk):
     import json
 
     from .checkpoint import checkpoint_path
+    from .filtering import target_counts
     from .generate import generate_pool
     from .split import read_subset
     from .store import read_labels, store_info
@@ -138,8 +139,9 @@ def generate(smk):
         epoch = json.load(f)["epoch"]
     labels = read_labels(smk.input.train)[read_subset(smk.input.subset)]
     class_names = store_info(smk.input.train).class_names
-    # HistoGAN: a pool of 4 r N_i per class, N_i = real images of class i in the subset.
-    counts = {c: int(round(p.pool_factor * p.ratio * (labels == c).sum())) for c in range(len(class_names))}
+    # HistoGAN: a pool of 4 r N_i per class, N_i = real images of class i in the subset; a whole
+    # multiple of the filters' target round(r N_i), so HistoGAN's two halvings land on it exactly.
+    counts = {c: int(round(p.pool_factor * n)) for c, n in target_counts(labels, len(class_names), p.ratio).items()}
     device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
     snapshot = checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch)
     generate_pool(snapshot, counts, class_names, smk.output.pool, grid_png=smk.output.grid,
