@@ -30,7 +30,26 @@ from .split import read_subset
 from .store import read_store
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet169")
-STRATEGIES = ("baseline", "traditional")
+STRATEGIES = ("baseline", "traditional", "augment", "transfer", "synthetic_only")
+SYNTHETIC_STRATEGIES = ("augment", "transfer", "synthetic_only")  # need a filtered synthetic set
+
+
+def training_phases(strategy: str, real: tuple, synthetic: tuple | None) -> list[tuple[str, tuple]]:
+    """The (name, (images, labels)) training sets a strategy trains on, in order.
+
+    augment: real and synthetic shuffled together; synthetic_only: synthetic only (the
+    latent-diffusion paper's Fig. 6); transfer: synthetic, then fine-tuning on real from the
+    synthetic phase's selected weights (its §4.2). Validation and test are always real.
+    """
+    if strategy in SYNTHETIC_STRATEGIES and synthetic is None:
+        raise InputError(f"strategy '{strategy}' needs a synthetic training set")
+    if strategy == "augment":
+        return [("real+synthetic", (np.concatenate([real[0], synthetic[0]]), np.concatenate([real[1], synthetic[1]])))]
+    if strategy == "synthetic_only":
+        return [("synthetic", synthetic)]
+    if strategy == "transfer":
+        return [("synthetic", synthetic), ("real", real)]
+    return [("real", real)]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -122,13 +141,16 @@ def scores_for_metrics(proba: np.ndarray) -> np.ndarray:
 def train_classifier(
     train_store, subset_path, valid_store, test_store, *,
     metrics_path, history_path, model_path, resume_path=None,
-    strategy: str, seed: int, cfg: ClassifierConfig,
+    strategy: str, seed: int, cfg: ClassifierConfig, synthetic_store=None,
 ) -> dict:
     """Train one (subset, strategy, seed) classifier; write test metrics, history and weights.
 
-    With `resume_path`, the full training state is saved there after every epoch and a
-    killed job continues from it (same result as an uninterrupted run), provided the
-    configuration and data are unchanged; it is deleted when the job finishes.
+    Strategies with synthetic data read the filtered images from `synthetic_store`
+    (see `training_phases`). Every phase trains `cfg.epochs` epochs and keeps the
+    epoch with the best validation AUC. With `resume_path`, the full training state
+    is saved there after every epoch and a killed job continues from it (same result
+    as an uninterrupted run), provided the configuration and data are unchanged; it
+    is deleted when the job finishes.
     """
     if strategy not in STRATEGIES:
         raise InputError(f"strategy '{strategy}' is not one of {list(STRATEGIES)}")
@@ -142,24 +164,40 @@ def train_classifier(
     x_test, y_test, test_classes = read_store(test_store)
     if not (class_names == valid_classes == test_classes):
         raise InputError(f"class names differ between {train_store}, {valid_store} and {test_store}")
+    synthetic = None
+    if strategy in SYNTHETIC_STRATEGIES and synthetic_store is not None:
+        x_syn, y_syn, syn_classes = read_store(synthetic_store)
+        if syn_classes != class_names:
+            raise InputError(f"{synthetic_store}: classes {syn_classes} differ from the real data's {class_names}")
+        synthetic = (x_syn, y_syn)
+    phases = training_phases(strategy, (x_train, y_train), synthetic)
     print(f"[classifier] strategy={strategy} seed={seed} device={device} "
-          f"train={len(x_train)} valid={len(x_valid)} test={len(x_test)} classes={class_names}")
+          + " ".join(f"{name}={len(d[1])}" for name, d in phases)
+          + f" valid={len(x_valid)} test={len(x_test)} classes={class_names}")
 
-    augment = AugmentConfig(**cfg.augmentation) if strategy == "traditional" else None
-    batches = BatchIterator(x_train, y_train, cfg.batch_size, shuffle=True, augment=augment,
-                            seed=seed, device=device, drop_last=len(x_train) > cfg.batch_size,
-                            channels_last=device.type == "cuda")  # faster convolutions on tensor cores
+    # Traditional augmentation for every strategy but the baseline (both papers augment
+    # when they add synthetic images).
+    augment = AugmentConfig(**cfg.augmentation) if strategy != "baseline" else None
+    phase_batches = [BatchIterator(x, y, cfg.batch_size, shuffle=True, augment=augment, seed=seed, device=device,
+                                   drop_last=len(x) > cfg.batch_size,
+                                   channels_last=device.type == "cuda")  # faster convolutions on tensor cores
+                     for _, (x, y) in phases]
     valid_batches = eval_batches(x_valid, cfg.eval_batch_size, device)
     model = build_classifier(cfg.backbone, len(class_names), cfg.pretrained_weights).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
+    def new_optimizer():
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    opt = new_optimizer()
     history, best = [], {"auc": -math.inf}
     best_state = None
     # What the saved state must match to be resumed: anything else trains afresh.
     run_key = json.dumps({"cfg": asdict(cfg), "strategy": strategy, "seed": seed, "n_valid": len(x_valid),
-                          "subset": hashlib.sha256(subset.tobytes()).hexdigest()}, sort_keys=True)
+                          "subset": hashlib.sha256(subset.tobytes()).hexdigest(),
+                          "synthetic": hashlib.sha256(synthetic[1].tobytes()).hexdigest() if synthetic else None},
+                         sort_keys=True)
     start = 1
     state = load_resume_state(resume_path, run_key, "classifier") if resume_path else None
     if state is not None:
@@ -168,11 +206,20 @@ def train_classifier(
         history, best, best_state = state["history"], state["best"], state["best_state"]
         start = state["epoch"] + 1
         print(f"[classifier] resuming after epoch {state['epoch']} from {resume_path}")
-    batches.set_epoch(start - 1)  # epoch e's data order and augmentation, as in an uninterrupted run
-    for epoch in range(start, cfg.epochs + 1):
+    # One step per (phase, epoch); `epoch` in the resume state counts steps.
+    for step in range(start, len(phases) * cfg.epochs + 1):
+        phase, epoch = divmod(step - 1, cfg.epochs)
+        epoch += 1
+        data_name = phases[phase][0]
+        if phase > 0 and epoch == 1:
+            # Fine-tune from the previous phase's selected weights, with a fresh optimiser.
+            model.load_state_dict(best_state)
+            opt, best, best_state = new_optimizer(), {"auc": -math.inf}, None
+        batches = phase_batches[phase]
+        batches.set_epoch(epoch - 1)  # this epoch's data order and augmentation, as in an uninterrupted run
         model.train()
         t0, total, n = time.perf_counter(), 0.0, 0
-        for x, y in tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5):
+        for x, y in tqdm(batches, desc=f"{data_name} epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
@@ -182,10 +229,10 @@ def train_classifier(
             n += len(y)
         train_loss = total / max(n, 1)
         if not math.isfinite(train_loss):
-            raise RuntimeError(f"classifier training diverged: loss {train_loss} at epoch {epoch}")
+            raise RuntimeError(f"classifier training diverged: loss {train_loss} at epoch {epoch} ({data_name})")
         val = classification_metrics(y_valid, scores_for_metrics(predict_proba(model, valid_batches)))
         row = {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()},
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "data": data_name}
         history.append(row)
         print("[classifier] " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in row.items()))
@@ -195,7 +242,7 @@ def train_classifier(
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if resume_path:
             with atomic_path(resume_path) as tmp:
-                torch.save({"key": run_key, "epoch": epoch, "model": model.state_dict(),
+                torch.save({"key": run_key, "epoch": step, "model": model.state_dict(),
                             "optimizer": opt.state_dict(), "history": history, "best": best,
                             "best_state": best_state}, tmp)
 
@@ -206,7 +253,7 @@ def train_classifier(
     result = {
         "strategy": strategy, "seed": seed, "subset": str(subset_path),
         "best_epoch": best["epoch"], "valid": {k: v for k, v in best.items() if k != "epoch"},
-        "test": test, "n_train": int(len(x_train)), "class_names": class_names,
+        "test": test, "n_train": {name: int(len(d[1])) for name, d in phases}, "class_names": class_names,
         "config": asdict(cfg), "device": str(device),
     }
     with atomic_path(model_path) as tmp:

@@ -59,7 +59,7 @@ def classifier_params(strategy):
     """Only what this strategy uses: augmentation settings never rerun `baseline`."""
     cfg = dict(config["classifier"])
     cfg.pop("threads")
-    cfg["augmentation"] = config["augmentation"] if strategy == "traditional" else {}
+    cfg["augmentation"] = config["augmentation"] if strategy != "baseline" else {}
     return cfg
 
 
