@@ -10,6 +10,13 @@ steps: losses, the mean colour of generated images per class (real: 0.90 0.50
 
     .venv/bin/python bench/gan_convergence.py histogan --steps 1500 [--gp-weight 10]
     .venv/bin/python bench/gan_convergence.py cgan --steps 1200
+
+With `--real TRAIN.h5 SUBSET.npy` it trains on real patches instead (area-
+downsampled to 32 px; e.g. the demo's results/demo/data/train.h5 and
+results/demo/subsets/subset0.npy) and compares with their class colours:
+
+    .venv/bin/python bench/gan_convergence.py histogan --steps 800 --every 100 --threads 1 \
+        --real results/demo/data/train.h5 results/demo/subsets/subset0.npy --d-norm batch
 """
 
 from __future__ import annotations
@@ -45,6 +52,16 @@ def toy_data(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     return torch.tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) * 2 - 1, torch.from_numpy(y)
 
 
+def real_data(train_h5, subset_npy) -> tuple[torch.Tensor, torch.Tensor]:
+    """Real patches of a subset, area-downsampled to 32 px, in [-1, 1], with labels."""
+    from histosynth.split import read_subset
+    from histosynth.store import read_store
+
+    images, labels, _ = read_store(train_h5, read_subset(subset_npy))
+    x = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, size=(32, 32), mode="area")
+    return x * 2 - 1, torch.from_numpy(labels)
+
+
 @torch.no_grad()
 def class_colours(G, z_dim: int, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Per-class mean colour (2, 3) and spread of per-image mean colours (2,) of G's samples, in [0, 1]."""
@@ -65,13 +82,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--gp-weight", type=float, default=None, help="HistoGAN WGAN-GP weight (default: the model's, 50)")
+    ap.add_argument("--d-norm", choices=["batch", "layer"], default=None, help="HistoGAN critic norm (default: layer)")
+    ap.add_argument("--real", nargs=2, metavar=("TRAIN_H5", "SUBSET_NPY"), help="train on real patches")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    x, y = toy_data(512, 32)
+    target = COLOURS
+    if args.real:
+        x, y = real_data(*args.real)
+        target = np.stack([((x[y == c] + 1) / 2).mean((0, 2, 3)).numpy() for c in (0, 1)])
+    else:
+        x, y = toy_data(512, 32)
     model_cfg = dict(MODELS[args.family])
-    if args.gp_weight is not None:
-        model_cfg["gp_weight"] = args.gp_weight
+    for key, value in (("gp_weight", args.gp_weight), ("d_norm", args.d_norm)):
+        if value is not None:
+            model_cfg[key] = value
     model = ADAPTERS[args.family](model_cfg, 2, 32, 2e-4, (0.5, 0.999))
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
@@ -79,7 +104,7 @@ def main() -> None:
         losses = model.step(x[idx], y[idx], train_g=True)
         if step % args.every == 0:
             colours, spread = class_colours(model.G, model.z_dim)
-            error = np.abs(colours - COLOURS).mean()
+            error = np.abs(colours - target).mean()
             print(f"step {step:5d}  " + "  ".join(f"{k} {float(v):8.3f}" for k, v in losses.items())
                   + f"  colour error {error:.3f}  class 0 {np.round(colours[0], 2)}  class 1 {np.round(colours[1], 2)}"
                   + f"  spread {np.round(spread, 3)}  {time.perf_counter() - t0:.0f} s", flush=True)
