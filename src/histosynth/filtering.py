@@ -60,7 +60,10 @@ class _Scorer:
         self.real_features, self.real_labels = real_features, real_labels
         if cfg.name == "confidence":
             model = build_classifier(backbone, n_classes)
-            model.load_state_dict(torch.load(classifier_path, map_location="cpu", weights_only=True))
+            try:
+                model.load_state_dict(torch.load(classifier_path, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise InputError(f"{classifier_path}: not a {backbone} classifier with {n_classes} classes ({e})") from e
             model.to(self.device)
             self.score_images = lambda x, y: predict_proba(model, eval_batches(x, cfg.batch_size, self.device))[
                 np.arange(len(y)), y]

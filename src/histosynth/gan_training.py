@@ -56,22 +56,29 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return None
 
 
-class HistoGANAdapter:
-    """What the loop needs from HistoGAN: models, optimisers and one training step."""
+class _Adapter:
+    """What the loop needs from a GAN family: its models, Adam optimisers and one training step."""
 
-    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
-        from .models import histogan
-
-        self.h = histogan
-        self.cfg = histogan.HistoGANConfig(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
-        self.G, self.D = histogan.build_histogan(self.cfg)
+    def __init__(self, config_cls, build, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
+        self.cfg = config_cls(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
+        self.G, self.D = build(self.cfg)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
-        self.z_dim = self.cfg.z_dim
         self.amp = amp
 
     def autocast(self, x):
         return torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+
+class HistoGANAdapter(_Adapter):
+    """HistoGAN: WGAN-GP critics on every stage."""
+
+    def __init__(self, *args, **kwargs):
+        from .models import histogan
+
+        self.h = histogan
+        super().__init__(histogan.HistoGANConfig, histogan.build_histogan, *args, **kwargs)
+        self.z_dim = self.cfg.z_dim
 
     def step(self, x, y, train_g: bool) -> dict:
         reals = self.h.real_pyramid(x, self.cfg.stage_sizes)
@@ -93,24 +100,20 @@ class HistoGANAdapter:
         return losses
 
 
-class CGANAdapter:
+class CGANAdapter(_Adapter):
     """The latent-to-image cGAN (BCE, non-saturating generator loss)."""
 
-    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
+    def __init__(self, *args, **kwargs):
         from .models import cgan
 
         self.c = cgan
-        self.cfg = cgan.CGANConfig(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
-        self.G, self.D = cgan.build_cgan(self.cfg)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
+        super().__init__(cgan.CGANConfig, cgan.build_cgan, *args, **kwargs)
         self.z_dim = self.cfg.latent_dim
-        self.amp = amp
 
     def step(self, x, y, train_g: bool) -> dict:
         z = torch.randn(len(x), self.z_dim, device=x.device)
         # BCE-with-logits is autocast to float32; no double backward, so bf16 is safe throughout.
-        with torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None):
+        with self.autocast(x):
             fake = self.G(z, y)
             d_loss, g_loss = self.c.cgan_losses(self.D, x, fake, y)
         # Both gradients first, each into its own network, then both steps: stepping D

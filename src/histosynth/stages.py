@@ -17,6 +17,11 @@ import torch
 from .errors import InputError
 
 
+def _gpu_unless_cpu(setting: str) -> str:
+    """Sampling and scoring stages: CUDA when present, unless the config pins the CPU."""
+    return "cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu"
+
+
 def download(smk):
     from .download import download_dataset
 
@@ -106,7 +111,7 @@ def score_checkpoints(smk):
     torch.set_num_threads(smk.threads)
     p = smk.params
     n_classes = len(store_info(smk.input.train).class_names)
-    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = _gpu_unless_cpu(p.device)
     references = {"domain": (domain_extractor(smk.input.extractor, p.backbone, n_classes), load_stats(smk.input.stats))}
     if "inception_stats" in smk.input.keys():
         references["inception"] = (inception_extractor(smk.input.inception_weights),
@@ -142,7 +147,7 @@ def generate(smk):
     # HistoGAN: a pool of 4 r N_i per class, N_i = real images of class i in the subset; a whole
     # multiple of the filters' target round(r N_i), so HistoGAN's two halvings land on it exactly.
     counts = {c: int(round(p.pool_factor * n)) for c, n in target_counts(labels, len(class_names), p.ratio).items()}
-    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = _gpu_unless_cpu(p.device)
     snapshot = checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch)
     generate_pool(snapshot, counts, class_names, smk.output.pool, grid_png=smk.output.grid,
                   batch_size=p.batch_size, device=device, seed=p.seed)
@@ -162,7 +167,7 @@ def filter(smk):  # noqa: A001 (the rule is called `filter`)
     real_images, real_labels, _ = read_store(smk.input.train, read_subset(smk.input.subset))
     with open(smk.input.choice) as f:
         epoch = json.load(f)["epoch"]
-    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = _gpu_unless_cpu(p.device)
     filter_pool(FilterConfig(**p.cfg), smk.input.pool, real_images, real_labels,
                 load_stats(smk.input.stats)["features"], smk.input.extractor, p.backbone,
                 checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch),
@@ -180,7 +185,7 @@ def quality(smk):
     torch.set_num_threads(smk.threads)
     p, w = smk.params, smk.wildcards
     n_classes = len(store_info(smk.input.train).class_names)
-    device = "cuda" if p.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device = _gpu_unless_cpu(p.device)
     selected, _, _ = read_store(smk.input.selected)
     pool, _, _ = read_store(smk.input.pool)
     keep = read_extra(smk.input.selected, "pool_index")
