@@ -17,6 +17,7 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from .batches import BatchIterator
 from .classifier import build_classifier
@@ -77,7 +78,7 @@ def extract_features(extractor: nn.Module, images: np.ndarray, batch_size: int =
     extractor = extractor.to(device).eval()
     batches = BatchIterator(images, np.zeros(len(images), np.int64), batch_size, shuffle=False,
                             augment=None, seed=0, device=device)
-    out = [extractor(x).float().cpu() for x, _ in batches]
+    out = [extractor(x).float().cpu() for x, _ in tqdm(batches, desc="features", leave=False, mininterval=5)]
     return torch.cat(out).numpy().astype(np.float64)
 
 

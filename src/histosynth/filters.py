@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
+from tqdm import tqdm
 
 from .batches import BatchIterator
 from .classifier import Classifier, build_classifier
@@ -443,7 +444,7 @@ def class_centroids(model: MCDropoutResNet, images, labels, *, batch_size: int =
     y_all = torch.as_tensor(np.searchsorted(classes, labels), device=device)
     with _MCMode(model, mc, _generator(seed, device)):
         start = 0
-        for x, _ in batches:
+        for x, _ in tqdm(batches, desc="class centroids", leave=False, mininterval=5):
             y = y_all[start:start + len(x)]
             start += len(x)
             onehot = F.one_hot(y, len(classes)).double()  # (B, K)
@@ -517,7 +518,8 @@ def mc_dropout_scores(model: MCDropoutResNet, images, labels, centroids: Mapping
 
     with _MCMode(model, True, _generator(seed, device)):
         start = 0
-        for x, _ in _batches(images, batch_size, device):
+        for x, _ in tqdm(_batches(images, batch_size, device), desc=f"MC dropout x{passes}", leave=False,
+                         mininterval=5):
             r = row[start:start + len(x)]
             trunk = model.trunk(x)
             fixed = sum(dist(f, c[r]) for f, c in zip(trunk, cents))  # dropout-free blocks
