@@ -17,8 +17,10 @@ $(VENV)/.installed: requirements.txt requirements.lock pyproject.toml
 
 demo: $(VENV)/.installed
 	$(BIN)/snakemake --cores $(CORES) --configfile config.demo.yaml
+	$(BIN)/snakemake --cores 1 --configfile config.demo.yaml --report results/demo/report.html
 	@echo; cat results/demo/tables/classification.md
 	@echo; cat results/demo/tables/quality.md
+	@echo; echo "Report with every table and figure: results/demo/report.html"
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests

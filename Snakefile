@@ -11,6 +11,9 @@ configfile: f"{workflow.basedir}/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/classifier.smk"
@@ -23,6 +26,9 @@ rule all:
         f"{RESULTS}/tables/classification.tsv",
         f"{RESULTS}/tables/classification.md",
         f"{RESULTS}/tables/classification.tex",
+        f"{RESULTS}/tables/classification.html",
+        [f"{RESULTS}/figures/auc_by_strategy.png"] if {"augment", "transfer"} & set(config["strategies"]) else [],
+        [f"{RESULTS}/figures/synthetic_only_auc.png"] if "synthetic_only" in config["strategies"] else [],
         expand(
             f"{RESULTS}/generators/{{generator}}/subset{{subset}}/{{out}}",
             generator=config["generators"],
@@ -35,5 +41,5 @@ rule all:
             subset=SUBSETS,
             filter=config["filters"],
         ),
-        [f"{RESULTS}/tables/quality.{ext}" for ext in ("tsv", "md", "tex")] if config["generators"] else [],
+        [f"{RESULTS}/tables/quality.{ext}" for ext in ("tsv", "md", "tex", "html")] if config["generators"] else [],
     default_target: True

@@ -167,6 +167,27 @@ def test_synthetic_strategies_train_on_the_right_data(tmp_path, strategy, n_trai
     assert result["test"]["auc"] > 0.9  # validation and test stay real; the synthetic signal transfers
 
 
+def test_transfer_fine_tunes_from_the_synthetic_only_weights(tmp_path, monkeypatch):
+    """Transfer's real phase starts from exactly the weights synthetic_only selects (same seed)."""
+    import histosynth.classifier as clf
+
+    _, out = run_synthetic(tmp_path / "a", "synthetic_only")
+    loaded = []
+    real_load = clf.Classifier.load_state_dict
+
+    def recording_load(self, state, *a, **kw):
+        loaded.append({k: v.clone() for k, v in state.items()})
+        return real_load(self, state, *a, **kw)
+
+    monkeypatch.setattr(clf.Classifier, "load_state_dict", recording_load)
+    transfer, _ = run_synthetic(tmp_path / "b", "transfer")
+    selected = torch.load(out["model"], weights_only=True)
+    start = loaded[0]  # the first load: the phase switch (the last one restores the real phase's best)
+    assert start.keys() == selected.keys()
+    assert all(torch.equal(start[k], selected[k]) for k in selected)
+    assert transfer["n_train"] == {"synthetic": 32, "real": 64}
+
+
 def test_transfer_resumes_across_the_phase_boundary(tmp_path, monkeypatch):
     import histosynth.classifier as clf
 

@@ -112,6 +112,9 @@ def test_micro_run_produces_the_table(finished_run):
     md = (tables / "classification.md").read_text()
     assert "| Baseline |" in md and "±" in md
     assert (tables / "classification.tex").exists()
+    assert "<table" in (tables / "classification.html").read_text()
+    runs = pd.read_csv(tables / "classification_runs.tsv", sep="\t")
+    assert len(runs) == 4 and set(runs["strategy"]) == {"baseline", "traditional"}
     # Raw data landed under resources/<dataset>/ with the original names, .gz gone.
     raw = sorted(p.name for p in (tmp / "resources/pcam").iterdir())
     assert raw == sorted(PCAM.format(split=s, xy=xy) for s in ("train", "valid", "test") for xy in "xy")
@@ -188,6 +191,46 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     changed = {**config, "selection": {**config["selection"], "inception_weights": str(weights)}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {
         "inception_stats": 2, "score_checkpoints": 2, "select_checkpoint": 2, **downstream}
+
+
+SYNTHETIC_STRATEGIES = ["augment", "transfer", "synthetic_only"]
+
+
+@pytest.mark.slow
+def test_synthetic_strategies_tables_figures_and_report(finished_run):
+    tmp, config = finished_run
+    config = {**config, **GAN_MICRO, "strategies": ["baseline", "traditional", *SYNTHETIC_STRATEGIES],
+              "filters": ["histogan"]}
+    snakemake(tmp, config)
+    results = tmp / "results/pcam"
+    transfer = json.loads((results / "classifier/transfer/histogan/histogan/subset0/seed0/metrics.json").read_text())
+    # Subset 0 holds 10 real images per class; the filter kept r N_i = 5 per class.
+    assert transfer["n_train"] == {"synthetic": 10, "real": 20}
+    assert (transfer["generator"], transfer["filter"]) == ("histogan", "histogan")
+    table = pd.read_csv(results / "tables/classification.tsv", sep="\t", keep_default_na=False)
+    assert list(zip(table["strategy"], table["generator"])) == [
+        ("baseline", ""), ("traditional", ""), *[(s, "histogan") for s in SYNTHETIC_STRATEGIES]]
+    assert (table["n"] == 2).all() and (table["n_pairs"][2:].astype(int) == 2).all()
+    for figure in ("auc_by_strategy", "synthetic_only_auc"):
+        assert (results / f"figures/{figure}.png").read_bytes()[:4] == b"\x89PNG"
+    # One more seed, or one more filter: only the new runs, their filter branch and the summaries.
+    summaries = {"aggregate": 1, "plot_auc_by_strategy": 1, "plot_synthetic_only_auc": 1}
+    assert scheduled_jobs(snakemake(tmp, {**config, "seeds": 2}, "-n")) == {
+        "train_classifier": 4, "train_classifier_synthetic": 6, **summaries}
+    assert scheduled_jobs(snakemake(tmp, {**config, "filters": ["histogan", "realism_class"]}, "-n")) == {
+        "filter": 2, "quality": 2, "quality_table": 1, "train_classifier_synthetic": 6, **summaries}
+    # The HTML report: every table and figure with its caption.
+    snakemake(tmp, config, "--report", str(tmp / "report.html"))
+    report = (tmp / "report.html").read_text()
+    for needle in ("classification.html", "quality.html", "auc_by_strategy.png", "synthetic_only_auc.png",
+                   "fid_curve.png", "samples.png", "feature_map.png"):
+        assert needle in report, needle
+
+
+def test_synthetic_strategies_without_a_generator_are_a_config_error(tmp_path):
+    config = {**micro_config(tmp_path, {}), "strategies": ["baseline", "augment"]}
+    proc = snakemake(tmp_path, config, "-n", check=False)
+    assert proc.returncode != 0 and "need at least one entry in `generators`" in proc.stdout + proc.stderr
 
 
 def test_inception_metric_without_weights_is_a_config_error(tmp_path):

@@ -141,12 +141,13 @@ def scores_for_metrics(proba: np.ndarray) -> np.ndarray:
 def train_classifier(
     train_store, subset_path, valid_store, test_store, *,
     metrics_path, history_path, model_path, resume_path=None,
-    strategy: str, seed: int, cfg: ClassifierConfig, synthetic_store=None,
+    strategy: str, seed: int, cfg: ClassifierConfig, synthetic_store=None, tags: dict | None = None,
 ) -> dict:
     """Train one (subset, strategy, seed) classifier; write test metrics, history and weights.
 
     Strategies with synthetic data read the filtered images from `synthetic_store`
-    (see `training_phases`). Every phase trains `cfg.epochs` epochs and keeps the
+    (see `training_phases`); `tags` (e.g. generator and filter) are recorded in the
+    metrics for aggregation. Every phase trains `cfg.epochs` epochs and keeps the
     epoch with the best validation AUC. With `resume_path`, the full training state
     is saved there after every epoch and a killed job continues from it (same result
     as an uninterrupted run), provided the configuration and data are unchanged; it
@@ -251,7 +252,7 @@ def train_classifier(
     test_proba = predict_proba(model, eval_batches(x_test, cfg.eval_batch_size, device))
     test = classification_metrics(y_test, scores_for_metrics(test_proba))
     result = {
-        "strategy": strategy, "seed": seed, "subset": str(subset_path),
+        "strategy": strategy, "seed": seed, "subset": str(subset_path), **(tags or {}),
         "best_epoch": best["epoch"], "valid": {k: v for k, v in best.items() if k != "epoch"},
         "test": test, "n_train": {name: int(len(d[1])) for name, d in phases}, "class_names": class_names,
         "config": asdict(cfg), "device": str(device),

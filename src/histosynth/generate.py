@@ -99,8 +99,12 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
 
 
 def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str], out_h5, *, grid_png=None,
-                  batch_size=256, device="cpu", seed=0) -> None:
-    """Write `counts[c]` images of every class c to a canonical store, with per-image seeds."""
+                  real=None, batch_size=256, device="cpu", seed=0) -> None:
+    """Write `counts[c]` images of every class c to a canonical store, with per-image seeds.
+
+    `grid_png`: the first 8 synthetic images per class, each class row under a row of
+    real images from `real` = (images, labels) when given, for a side-by-side look.
+    """
     G = load_generator(snapshot_path, device)
     labels = class_labels(counts)
     seeds = seed * 1_000_003 + np.arange(len(labels))
@@ -110,8 +114,12 @@ def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str],
                 {"snapshot": str(snapshot_path), "seed": seed, "counts": {class_names[c]: n for c, n in counts.items()}},
                 extra={"seeds": seeds.astype(np.int64)})
     if grid_png:
-        save_grid({class_names[c]: images[labels == c][:8] for c in sorted(counts)}, grid_png,
-                  f"synthetic samples, {snapshot_path}")
+        rows = {}
+        for c in sorted(counts):
+            if real is not None:
+                rows[f"{class_names[c]}, real"] = real[0][real[1] == c][:8]
+            rows[f"{class_names[c]}, synthetic"] = images[labels == c][:8]
+        save_grid(rows, grid_png, f"real vs synthetic, {snapshot_path}")
 
 
 def save_grid(rows: dict[str, np.ndarray], path, title: str = "") -> None:

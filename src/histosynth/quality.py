@@ -29,6 +29,7 @@ import pandas as pd
 
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
+from .tables import FILTER_NAMES, GENERATOR_NAMES, MISSING, best_marks, to_html, to_latex, to_markdown
 from .metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
 
 __all__ = [
@@ -49,15 +50,6 @@ METRICS = ("fid", "kid", "kid_std", "precision", "recall", "f1")
 TABLE_METRICS = ("fid", "kid", "precision", "recall", "f1")
 """Metrics aggregated over subsets (kid_std, the spread over KID subsets, is not)."""
 
-GENERATOR_NAMES = {"histogan": "HistoGAN", "cgan": "cGAN"}
-FILTER_NAMES = {
-    "none": "No image selection",
-    "realism": "Realism score image selection",
-    "realism_class": "Class-based realism score image selection",
-    "histogan": "HistoGAN image selection",
-    "confidence": "Confidence image selection",
-}
-
 # Table columns: (space, metric) -> (label, scale, higher is better). Precision,
 # recall and F1 in percent as in Table 1; KID ×10³ (raw KID rounds to 0.00).
 COLUMNS = {
@@ -69,7 +61,6 @@ COLUMNS = {
     ("inception", "fid"): ("Inception FID ↓", 1.0, False),
     ("inception", "kid"): ("Inception KID ×10³ ↓", 1e3, False),
 }
-MISSING = "—"
 
 
 # ---------------------------------------------------------------------------
@@ -263,86 +254,39 @@ def summarise_quality(runs: pd.DataFrame, *, generators=None, filters=None,
     return pd.DataFrame(rows)
 
 
-def _table_cells(table: pd.DataFrame) -> tuple[list[str], list[list[tuple[str, bool]]]]:
-    """Column labels and per row (cell text, is best) for the shown columns.
+def _items(table: pd.DataFrame, group_by: str) -> tuple[list[str], list[tuple]]:
+    """Column labels and table items (see histosynth.tables): a section per filter
+    (or generator) block, a row per (generator, filter).
 
     Inception columns are shown when any row has them ("—" where missing). The best
-    value is judged on the displayed (rounded) mean, so ties are all marked; a
-    column whose shown values all tie (or has fewer than two) marks nothing.
+    value is judged on the displayed (rounded) mean, so ties are all marked.
     """
     shown = [c for c in COLUMNS if c[0] == "domain" or table[f"{c[0]}_{c[1]}_mean"].notna().any()]
     labels, columns = [], []
     for space, metric in shown:
         label, scale, higher = COLUMNS[(space, metric)]
         means, stds = table[f"{space}_{metric}_mean"], table[f"{space}_{metric}_std"]
-        rounded = [round(scale * a, 2) if not math.isnan(a) else None for a in means]
-        values = [r for r in rounded if r is not None]
-        best = (max(values) if higher else min(values)) if len(set(values)) > 1 else None
-        cells = [(MISSING, False) if r is None else (f"{scale * a:.2f} ± {scale * s:.2f}", r == best)
-                 for r, a, s in zip(rounded, means, stds)]
+        marks = best_marks([round(scale * a, 2) for a in means], higher)
+        columns.append([(MISSING if math.isnan(a) else f"{scale * a:.2f} ± {scale * s:.2f}", b)
+                        for a, s, b in zip(means, stds, marks)])
         labels.append(label)
-        columns.append(cells)
-    return labels, [list(row) for row in zip(*columns)]
-
-
-def _layout(table: pd.DataFrame, group_by: str):
-    """Yield ("group", name) before each block and ("row", name, index) for each row."""
+    rows = list(zip(*columns))
     inner = "generator" if group_by == "filter" else "filter"
     outer_names = FILTER_NAMES if group_by == "filter" else GENERATOR_NAMES
     inner_names = GENERATOR_NAMES if group_by == "filter" else FILTER_NAMES
-    current = None
+    items, current = [], None
     for i, (outer, name) in enumerate(zip(table[group_by], table[inner])):
         if outer != current:
             current = outer
-            yield ("group", outer_names.get(outer, outer))
-        yield ("row", inner_names.get(name, name), i)
+            items.append(("section", outer_names.get(outer, outer)))
+        items.append(("row", inner_names.get(name, name), list(rows[i])))
+    return labels, items
 
 
-def quality_markdown(table: pd.DataFrame, *, group_by: str = "filter", title: str = "Model") -> str:
-    labels, cells = _table_cells(table)
-    lines = ["| " + " | ".join([title, *labels]) + " |",
-             "|" + "|".join(["---"] + ["---:"] * len(labels)) + "|"]
-    for item in _layout(table, group_by):
-        if item[0] == "group":
-            lines.append("| " + " | ".join([f"*{item[1]}*", *[""] * len(labels)]) + " |")
-        else:
-            row = [f"**{text}**" if best else text for text, best in cells[item[2]]]
-            lines.append("| " + " | ".join([item[1], *row]) + " |")
-    return "\n".join(lines) + "\n"
-
-
-_TEX = {"\\": r"\textbackslash{}", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$",
-        "{": r"\{", "}": r"\}", "±": r"$\pm$", "↓": r"$\downarrow$", "↑": r"$\uparrow$",
-        "×": r"$\times$", "³": r"$^3$", MISSING: "---"}
-
-
-def _tex(text: str) -> str:
-    return "".join(_TEX.get(ch, ch) for ch in text)
-
-
-def quality_latex(table: pd.DataFrame, *, group_by: str = "filter", title: str = "Model") -> str:
-    labels, cells = _table_cells(table)
-    n_cols = len(labels) + 1
-    lines = [r"\begin{tabular}{l" + "c" * len(labels) + "}", r"\toprule",
-             " & ".join([_tex(title), *map(_tex, labels)]) + r" \\", r"\midrule"]
-    first = True
-    for item in _layout(table, group_by):
-        if item[0] == "group":
-            if not first:
-                lines.append(r"\midrule")
-            first = False
-            lines.append(rf"\multicolumn{{{n_cols}}}{{l}}{{\textit{{{_tex(item[1])}}}}} \\")
-        else:
-            row = [rf"\textbf{{{_tex(text)}}}" if best else _tex(text) for text, best in cells[item[2]]]
-            lines.append(" & ".join([_tex(item[1]), *row]) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(lines) + "\n"
-
-
-def aggregate_quality(json_paths, out_tsv, out_md, out_tex, *, generators: Sequence[str] | None = None,
-                      filters: Sequence[str] | None = None, group_by: str = "filter",
-                      title: str = "Model") -> pd.DataFrame:
-    """Quality JSONs -> tables (TSV with every number; Markdown and LaTeX like Table 1).
+def aggregate_quality(json_paths, out_tsv, out_md, out_tex, out_html=None, *,
+                      generators: Sequence[str] | None = None, filters: Sequence[str] | None = None,
+                      group_by: str = "filter", title: str = "Model") -> pd.DataFrame:
+    """Quality JSONs -> tables (TSV with every number; Markdown, LaTeX and HTML like Table 1).
 
     Rows: one per (generator, filter), ordered as `generators` and `filters` (first
     appearance when None; a file naming one not listed is an error), grouped in
@@ -352,10 +296,13 @@ def aggregate_quality(json_paths, out_tsv, out_md, out_tex, *, generators: Seque
     """
     runs = load_quality(json_paths)
     table = summarise_quality(runs, generators=generators, filters=filters, group_by=group_by)
+    labels, items = _items(table, group_by)
     write_text(out_tsv, table.to_csv(sep="\t", float_format="%.6f", index=False))
-    md = quality_markdown(table, group_by=group_by, title=title)
+    md = to_markdown(title, labels, items)
     write_text(out_md, md)
-    write_text(out_tex, quality_latex(table, group_by=group_by, title=title))
+    write_text(out_tex, to_latex(title, labels, items))
+    if out_html:
+        write_text(out_html, to_html(title, labels, items))
     print(md)
     return table
 

@@ -51,11 +51,17 @@ def train_classifier(smk):
     from .classifier import ClassifierConfig, train_classifier as train
 
     torch.set_num_threads(smk.threads)
+    synthetic = smk.input.get("synthetic")
+    tags = {"generator": smk.wildcards.generator, "filter": smk.wildcards.filter} if synthetic else None
     train(smk.input.train, smk.input.subset, smk.input.valid, smk.input.test,
           metrics_path=smk.output.metrics, history_path=smk.output.history, model_path=smk.output.model,
           # Not a declared output: Snakemake deletes those before a rerun, this must survive.
           resume_path=os.path.join(os.path.dirname(smk.output.metrics), "resume.pt"),
-          strategy=smk.params.strategy, seed=smk.params.seed, cfg=ClassifierConfig(**smk.params.cfg))
+          strategy=smk.params.strategy, seed=smk.params.seed, cfg=ClassifierConfig(**smk.params.cfg),
+          synthetic_store=synthetic, tags=tags)
+
+
+train_classifier_synthetic = train_classifier  # the same stage, fed a filtered synthetic set
 
 
 def feature_extractor(smk):
@@ -136,21 +142,20 @@ def generate(smk):
     from .filtering import target_counts
     from .generate import generate_pool
     from .split import read_subset
-    from .store import read_labels, store_info
+    from .store import read_store
 
     torch.set_num_threads(smk.threads)
     p = smk.params
     with open(smk.input.choice) as f:
         epoch = json.load(f)["epoch"]
-    labels = read_labels(smk.input.train)[read_subset(smk.input.subset)]
-    class_names = store_info(smk.input.train).class_names
+    real_images, labels, class_names = read_store(smk.input.train, read_subset(smk.input.subset))
     # HistoGAN: a pool of 4 r N_i per class, N_i = real images of class i in the subset; a whole
     # multiple of the filters' target round(r N_i), so HistoGAN's two halvings land on it exactly.
     counts = {c: int(round(p.pool_factor * n)) for c, n in target_counts(labels, len(class_names), p.ratio).items()}
     device = _gpu_unless_cpu(p.device)
     snapshot = checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch)
     generate_pool(snapshot, counts, class_names, smk.output.pool, grid_png=smk.output.grid,
-                  batch_size=p.batch_size, device=device, seed=p.seed)
+                  real=(real_images, labels), batch_size=p.batch_size, device=device, seed=p.seed)
 
 
 def filter(smk):  # noqa: A001 (the rule is called `filter`)
@@ -210,15 +215,30 @@ def quality(smk):
 def quality_table(smk):
     from .quality import aggregate_quality
 
-    aggregate_quality(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex,
+    aggregate_quality(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex, smk.output.html,
                       generators=smk.params.generators, filters=smk.params.filters)
 
 
 def aggregate(smk):
     from .aggregate import aggregate_classification
 
+    p = smk.params
     aggregate_classification(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex,
-                             backbone=smk.params.backbone, strategies=smk.params.strategies)
+                             smk.output.html, smk.output.runs, backbone=p.backbone, strategies=p.strategies,
+                             generators=p.generators, filters=p.filters)
+
+
+def plot_auc_by_strategy(smk):
+    from .aggregate import plot_auc_by_strategy as plot
+
+    p = smk.params
+    plot(smk.input.runs, smk.output.plot, generators=p.generators, filters=p.filters, strategies=p.strategies)
+
+
+def plot_synthetic_only_auc(smk):
+    from .aggregate import plot_synthetic_only_auc as plot
+
+    plot(smk.input.runs, smk.output.plot, generators=smk.params.generators, filters=smk.params.filters)
 
 
 class _Tee:

@@ -1,4 +1,9 @@
-# train_classifier per (strategy, subset, seed) -> aggregate into tables
+# train_classifier per (strategy, subset, seed) on real data, and per
+# (strategy, generator, filter, subset, seed) with synthetic data -> aggregate
+# into tables -> figures.
+
+CLS = f"{RESULTS}/classifier/{{strategy}}/subset{{subset}}/seed{{seed}}"
+CLS_SYN = f"{RESULTS}/classifier/{{strategy}}/{{generator}}/{{filter}}/subset{{subset}}/seed{{seed}}"
 
 
 rule train_classifier:
@@ -8,17 +13,15 @@ rule train_classifier:
         test=f"{RESULTS}/data/test.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
     output:
-        metrics=f"{RESULTS}/classifier/{{strategy}}/subset{{subset}}/seed{{seed}}/metrics.json",
-        history=f"{RESULTS}/classifier/{{strategy}}/subset{{subset}}/seed{{seed}}/history.tsv",
-        model=f"{RESULTS}/classifier/{{strategy}}/subset{{subset}}/seed{{seed}}/model.pt",
+        metrics=f"{CLS}/metrics.json",
+        history=f"{CLS}/history.tsv",
+        model=f"{CLS}/model.pt",
     params:
         strategy=lambda w: w.strategy,
         seed=lambda w: int(w.seed),
         cfg=lambda w: classifier_params(w.strategy),
     wildcard_constraints:
-        strategy="|".join(config["strategies"]),
-        subset=r"\d+",
-        seed=r"\d+",
+        strategy=one_of(REAL_STRATEGIES),
     threads: config["classifier"]["threads"]
     resources:
         gpu=1 if config["classifier"]["device"] != "cpu" else 0,
@@ -30,23 +33,77 @@ rule train_classifier:
         STAGE
 
 
+# The same job fed one generator's filtered images (augment, transfer, synthetic_only).
+use rule train_classifier as train_classifier_synthetic with:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        valid=f"{RESULTS}/data/valid.h5",
+        test=f"{RESULTS}/data/test.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        synthetic=f"{RESULTS}/generators/{{generator}}/subset{{subset}}/filters/{{filter}}/selected.h5",
+    output:
+        metrics=f"{CLS_SYN}/metrics.json",
+        history=f"{CLS_SYN}/history.tsv",
+        model=f"{CLS_SYN}/model.pt",
+    wildcard_constraints:
+        strategy=one_of(SYNTHETIC_STRATEGIES),
+    log:
+        f"{LOGS}/train_classifier/{{strategy}}_{{generator}}_{{filter}}_subset{{subset}}_seed{{seed}}.log",
+
+
 rule aggregate:
     input:
-        metrics=expand(
-            f"{RESULTS}/classifier/{{strategy}}/subset{{subset}}/seed{{seed}}/metrics.json",
-            strategy=config["strategies"],
-            subset=SUBSETS,
-            seed=SEEDS,
-        ),
+        metrics=classifier_runs(),
     output:
         tsv=f"{RESULTS}/tables/classification.tsv",
         md=f"{RESULTS}/tables/classification.md",
         tex=f"{RESULTS}/tables/classification.tex",
+        html=report(f"{RESULTS}/tables/classification.html", category="Classification",
+                    caption="../report/classification_table.rst", labels={"result": "classification table"}),
+        runs=f"{RESULTS}/tables/classification_runs.tsv",
     params:
         backbone=config["classifier"]["backbone"],
         strategies=config["strategies"],
+        # Row order of the synthetic blocks; without synthetic strategies they do not matter.
+        generators=config["generators"] if SYNTHETIC_STRATEGIES else [],
+        filters=config["filters"] if SYNTHETIC_STRATEGIES else [],
     log:
         f"{LOGS}/aggregate.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule plot_auc_by_strategy:
+    input:
+        runs=f"{RESULTS}/tables/classification_runs.tsv",
+    output:
+        plot=report(f"{RESULTS}/figures/auc_by_strategy.png", category="Classification",
+                    caption="../report/auc_by_strategy.rst", labels={"result": "AUC per generator and strategy"}),
+    params:
+        generators=config["generators"],
+        filters=config["filters"],
+        strategies=config["strategies"],
+    log:
+        f"{LOGS}/plot_auc_by_strategy.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+rule plot_synthetic_only_auc:
+    input:
+        runs=f"{RESULTS}/tables/classification_runs.tsv",
+    output:
+        plot=report(f"{RESULTS}/figures/synthetic_only_auc.png", category="Classification",
+                    caption="../report/synthetic_only_auc.rst", labels={"result": "synthetic-only AUC"}),
+    params:
+        generators=config["generators"],
+        filters=config["filters"],
+    log:
+        f"{LOGS}/plot_synthetic_only_auc.log",
     conda:
         ENV
     script:

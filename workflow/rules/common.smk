@@ -33,6 +33,12 @@ if config["selection"]["metric"].endswith("_inception") and not INCEPTION:
                      "selection.inception_weights to name an existing file")
 SUBSETS = list(range(config["subsets"]["k"]))
 SEEDS = list(range(config["seeds"]))
+# Strategies on real data run per (subset, seed); the synthetic ones also per (generator, filter).
+REAL_STRATEGIES = [s for s in config["strategies"] if s in ("baseline", "traditional")]
+SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if s not in REAL_STRATEGIES]
+if SYNTHETIC_STRATEGIES and not (config["generators"] and config["filters"]):
+    raise ValueError(f"config strategies {SYNTHETIC_STRATEGIES} train on synthetic images and need at least one "
+                     "entry in `generators` and in `filters` (or keep strategies: [baseline, traditional])")
 STAGE = "../scripts/stage.py"
 
 
@@ -98,3 +104,19 @@ def filter_params(name):
     elif name == "confidence":
         cfg |= {"confidence_threshold": f["confidence_threshold"], "max_draw_factor": f["max_draw_factor"]}
     return cfg
+
+
+def classifier_runs():
+    """metrics.json of every classifier run the config asks for: what `aggregate` reads."""
+    real = expand(f"{RESULTS}/classifier/{{strategy}}/subset{{subset}}/seed{{seed}}/metrics.json",
+                  strategy=REAL_STRATEGIES, subset=SUBSETS, seed=SEEDS)
+    synthetic = expand(
+        f"{RESULTS}/classifier/{{strategy}}/{{generator}}/{{filter}}/subset{{subset}}/seed{{seed}}/metrics.json",
+        strategy=SYNTHETIC_STRATEGIES, generator=config["generators"], filter=config["filters"],
+        subset=SUBSETS, seed=SEEDS)
+    return real + synthetic
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly `names` (never matching when empty)."""
+    return "|".join(names) if names else "(?!)"

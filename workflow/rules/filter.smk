@@ -40,8 +40,9 @@ rule quality:
         train=f"{RESULTS}/data/train.h5",
     output:
         metrics=f"{FILT}/quality.json",
-        plot=report(f"{FILT}/feature_map.png", category="Synthetic image quality",
-                    caption="../report/feature_map.rst"),
+        plot=report(f"{FILT}/feature_map.png", category="Synthetic image quality", subcategory="{generator}",
+                    caption="../report/feature_map.rst",
+                    labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
     params:
         quality=config["quality"],
         backbone=config["selection"]["backbone"],
@@ -70,6 +71,8 @@ rule quality_table:
         tsv=f"{RESULTS}/tables/quality.tsv",
         md=f"{RESULTS}/tables/quality.md",
         tex=f"{RESULTS}/tables/quality.tex",
+        html=report(f"{RESULTS}/tables/quality.html", category="Synthetic image quality",
+                    caption="../report/quality_table.rst", labels={"result": "quality table"}),
     params:
         generators=config["generators"],
         filters=config["filters"],

@@ -101,7 +101,8 @@ rule select_checkpoint:
         scores=f"{GEN}/checkpoint_scores.tsv",
     output:
         curve=f"{GEN}/fid_curve.tsv",
-        plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection"),
+        plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection", subcategory="{generator}",
+                    caption="../report/fid_curve.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
         choice=f"{GEN}/selected.json",
     params:
         alpha=config["selection"]["alpha"],
@@ -121,7 +122,8 @@ rule generate:
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
     output:
         pool=f"{GEN}/pool.h5",
-        grid=report(f"{GEN}/samples.png", category="Synthetic samples"),
+        grid=report(f"{GEN}/samples.png", category="Synthetic samples", subcategory="{generator}",
+                    caption="../report/samples.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
     params:
         ratio=config["generation"]["ratio"],
         pool_factor=config["generation"]["pool_factor"],

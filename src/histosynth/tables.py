@@ -1,0 +1,98 @@
+"""Result tables as Markdown, LaTeX and HTML, and the display names they use.
+
+A table is a title (the first header cell), column labels and a list of items:
+``("section", name)`` opens a block of rows (an italic full-width row, as the
+papers' "No image selection" lines), ``("row", name, cells)`` is a row whose
+cells are ``(text, bold)`` pairs. The classification and quality tables build
+such items; these functions only render them.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+MISSING = "—"
+
+GENERATOR_NAMES = {"histogan": "HistoGAN", "cgan": "cGAN", "ldm_unet": "LDM U-Net", "ldm_dit": "LDM DiT",
+                   "vitgan": "ViT-cGAN"}
+FILTER_NAMES = {"none": "No image selection", "histogan": "HistoGAN selective augmentation",
+                "realism": "Realism score image selection",
+                "realism_class": "Class-based realism score image selection",
+                "confidence": "Classifier confidence selection"}
+
+
+def best_marks(values, higher: bool = True) -> list[bool]:
+    """Which cells to bold: the best shown (rounded) value, ties included; NaN never.
+
+    A column whose values all tie (or that has fewer than two values) marks nothing.
+    """
+    present = {v for v in values if v is not None and not math.isnan(v)}
+    if len(present) < 2:
+        return [False] * len(values)
+    best = max(present) if higher else min(present)
+    return [v == best for v in values]
+
+
+def to_markdown(title: str, labels, items, note: str = "") -> str:
+    lines = ["| " + " | ".join([title, *labels]) + " |", "|" + "|".join(["---"] + ["---:"] * len(labels)) + "|"]
+    for item in items:
+        if item[0] == "section":
+            lines.append("| " + " | ".join([f"*{item[1]}*", *[""] * len(labels)]) + " |")
+        else:
+            lines.append("| " + " | ".join([item[1], *(f"**{t}**" if b else t for t, b in item[2])]) + " |")
+    return "\n".join(lines) + "\n" + (f"\n{note}\n" if note else "")
+
+
+_TEX = {"\\": r"\textbackslash{}", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
+        "}": r"\}", "±": r"$\pm$", "Δ": r"$\Delta$", "<": r"$<$", "–": "--", "↓": r"$\downarrow$",
+        "↑": r"$\uparrow$", "×": r"$\times$", "³": r"$^3$", MISSING: "---"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in text)
+
+
+def to_latex(title: str, labels, items, note: str = "") -> str:
+    lines = [r"\begin{tabular}{l" + "c" * len(labels) + "}", r"\toprule",
+             " & ".join([tex_escape(title), *map(tex_escape, labels)]) + r" \\", r"\midrule"]
+    first = True
+    for item in items:
+        if item[0] == "section":
+            if not first:
+                lines.append(r"\midrule")
+            lines.append(rf"\multicolumn{{{len(labels) + 1}}}{{l}}{{\textit{{{tex_escape(item[1])}}}}} \\")
+        else:
+            row = [rf"\textbf{{{tex_escape(t)}}}" if b else tex_escape(t) for t, b in item[2]]
+            lines.append(" & ".join([tex_escape(item[1]), *row]) + r" \\")
+        first = False
+    lines += [r"\bottomrule", r"\end{tabular}"] + (["% " + tex_escape(note)] if note else [])
+    return "\n".join(lines) + "\n"
+
+
+# Scoped to the table's class so embedding it (e.g. in a Snakemake report) restyles nothing else.
+_STYLE = """<style>
+table.histosynth-results { border-collapse: collapse; font: 13px sans-serif; }
+table.histosynth-results th, table.histosynth-results td { padding: 3px 8px; border-bottom: 1px solid #ddd; }
+table.histosynth-results td { text-align: right; white-space: nowrap; }
+table.histosynth-results td:first-child { text-align: left; }
+table.histosynth-results tr.section th { text-align: left; font-style: italic; background: #f3f3f3; }
+p.histosynth-note { font: 12px sans-serif; color: #555; }
+</style>"""
+
+
+def to_html(title: str, labels, items, note: str = "") -> str:
+    """A standalone HTML page holding the table (what a Snakemake report embeds)."""
+    esc = html.escape
+    lines = ["<!DOCTYPE html>", '<html><head><meta charset="utf-8">', f"<title>{esc(title)}</title>", _STYLE,
+             "</head><body>", '<table class="histosynth-results">',
+             "<thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in [title, *labels]) + "</tr></thead>", "<tbody>"]
+    for item in items:
+        if item[0] == "section":
+            lines.append(f'<tr class="section"><th colspan="{len(labels) + 1}">{esc(item[1])}</th></tr>')
+        else:
+            row = "".join(f"<td><b>{esc(t)}</b></td>" if b else f"<td>{esc(t)}</td>" for t, b in item[2])
+            lines.append(f"<tr><td>{esc(item[1])}</td>{row}</tr>")
+    lines += ["</tbody>", "</table>"] + ([f'<p class="histosynth-note">{esc(note)}</p>'] if note else [])
+    lines += ["</body></html>"]
+    return "\n".join(lines) + "\n"
