@@ -225,6 +225,8 @@ def test_synthetic_strategies_tables_figures_and_report(finished_run):
     for needle in ("classification.html", "quality.html", "auc_by_strategy.png", "synthetic_only_auc.png",
                    "fid_curve.png", "samples.png", "feature_map.png"):
         assert needle in report, needle
+    for caption in ("paired t-test", "Fig. 5", "Fig. 6", "before any filtering", "Checkpoint selection for"):
+        assert caption in report, caption
 
 
 def test_synthetic_strategies_without_a_generator_are_a_config_error(tmp_path):
