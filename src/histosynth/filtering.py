@@ -87,8 +87,10 @@ class _Scorer:
 
 def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labels: np.ndarray,
                 real_features: np.ndarray, classifier_path, backbone: str, snapshot_path, out_path, summary_path,
-                device="cpu") -> dict:
-    """Select r·N_i images per class from the pool at `pool_path`; write them (+ scores) and a summary."""
+                device="cpu", sampling=None) -> dict:
+    """Select r·N_i images per class from the pool at `pool_path`; write them (+ scores) and a summary.
+
+    `sampling`: latent diffusion's sampler settings, for images drawn beyond the pool."""
     images, labels, class_names = read_store(pool_path)
     seeds = read_extra(pool_path, "seeds")
     n_classes = len(class_names)
@@ -118,7 +120,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
                       "filtering.max_draw_factor)")
             from .generate import class_labels, load_generator, sample_images
 
-            G = G or load_generator(snapshot_path, device)
+            G = G or load_generator(snapshot_path, device, sampling)
             # Twice the shortfall (at least one batch's worth), with seeds continuing the pool's.
             new_labels = class_labels({c: max(2 * n, 32) for c, n in short.items() if n})
             new_seeds = seeds.max() + 1 + np.arange(len(new_labels))

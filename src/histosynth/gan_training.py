@@ -13,6 +13,7 @@ the weights of an uninterrupted run: data order and augmentation come from
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -47,6 +48,7 @@ class GANTrainConfig:
     # the WGAN-GP penalty always runs in float32. fp16-only GPUs train in float32: fp16's
     # range under a double backward needs loss scaling that the penalty does not tolerate well.
     amp: bool = True
+    diffusion: dict = field(default_factory=dict)  # latent diffusion only: histosynth.ldm.DiffusionTrainConfig
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -68,6 +70,27 @@ class _Adapter:
 
     def autocast(self, x):
         return torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def to(self, device):
+        self.G.to(device), self.D.to(device)
+
+    def train(self):
+        self.G.train(), self.D.train()
+
+    def state_dict(self) -> dict:
+        """Everything a resumed run needs (with the RNG state, saved by the loop)."""
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+
+    def snapshot(self) -> dict:
+        """What generation needs from this epoch (histosynth.generate.load_generator reads it)."""
+        return {"G": self.G.state_dict(), "model": asdict(self.cfg)}
 
 
 class HistoGANAdapter(_Adapter):
@@ -129,14 +152,28 @@ class CGANAdapter(_Adapter):
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
 
-ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter}
+def _ldm_adapter(backbone):
+    def build(*args, **kwargs):
+        from .ldm import LDMAdapter
+
+        return LDMAdapter(backbone, *args, **kwargs)
+    return build
+
+
+LDM = ("ldm_unet", "ldm_dit")  # latent diffusion: a trained VAE comes in through `vae_path`
+ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter, **{b: _ldm_adapter(b) for b in LDM}}
 
 
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
-              cfg: GANTrainConfig) -> Path:
-    """Train (or resume) a class-conditional GAN on uint8 NHWC images; return the last snapshot's path."""
+              cfg: GANTrainConfig, vae_path=None) -> Path:
+    """Train (or resume) a class-conditional generator on uint8 NHWC images; return the checkpoint dir.
+
+    Latent diffusion families also need `vae_path`, the trained VAE (rule train_vae).
+    """
     if cfg.family not in ADAPTERS:
         raise InputError(f"generator family '{cfg.family}' is not one of {sorted(ADAPTERS)}")
+    if (cfg.family in LDM) != (vae_path is not None):
+        raise InputError(f"generator family '{cfg.family}' {'needs' if cfg.family in LDM else 'takes no'} VAE")
     if cfg.save_from >= cfg.epochs:
         raise InputError(f"save_from ({cfg.save_from}) must be below epochs ({cfg.epochs}): "
                          "no checkpoint would be saved for selection")
@@ -150,8 +187,9 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
 
     def fresh_model():
         torch.manual_seed(cfg.seed)
-        m = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp)
-        m.G.to(device), m.D.to(device)
+        m = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp,
+                                 **({"vae_path": vae_path, "diffusion": cfg.diffusion} if cfg.family in LDM else {}))
+        m.to(device)
         return m
 
     model = fresh_model()
@@ -162,15 +200,14 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     # The resolved model config (defaults included), not just what the user wrote: a
     # changed default must not resume weights of another architecture.
     run_key = json.dumps({**asdict(cfg), "model": asdict(model.cfg)}, sort_keys=True) + f"|n={len(images)}"
+    if vae_path is not None:  # a retrained VAE changes the latent space: train afresh
+        run_key += "|vae=" + hashlib.sha256(Path(vae_path).read_bytes()).hexdigest()
 
     history, start = [], 1
     state = load_resume_state(ckpt_dir / "resume.pt", run_key, "train_generator")
     if state is not None:
         try:
-            model.G.load_state_dict(state["G"])
-            model.D.load_state_dict(state["D"])
-            model.opt_g.load_state_dict(state["opt_g"])
-            model.opt_d.load_state_dict(state["opt_d"])
+            model.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as e:
             # Same settings, different code (the model changed since the state was saved).
             print(f"[train_generator] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
@@ -188,7 +225,7 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     batches.set_epoch(start - 1)
 
     for epoch in range(start, cfg.epochs + 1):
-        model.G.train(), model.D.train()
+        model.train()
         t0, sums, n = time.perf_counter(), {}, 0
         for i, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5)):
             losses = model.step(x * 2 - 1, y, train_g=(i % cfg.n_critic == cfg.n_critic - 1))
@@ -203,12 +240,10 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
         history.append(row)
         print("[train_generator] " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if epoch > cfg.save_from and (epoch - cfg.save_from) % cfg.save_every == 0:
-            save_checkpoint(ckpt_dir, epoch, {"G": model.G.state_dict(), "family": cfg.family,
-                                              "model": asdict(model.cfg), "eval_noise": eval_noise,
+            save_checkpoint(ckpt_dir, epoch, {**model.snapshot(), "family": cfg.family, "eval_noise": eval_noise,
                                               "eval_labels": eval_labels})
         with atomic_path(ckpt_dir / "resume.pt") as tmp:
-            torch.save({"key": run_key, "epoch": epoch, "G": model.G.state_dict(), "D": model.D.state_dict(),
-                        "opt_g": model.opt_g.state_dict(), "opt_d": model.opt_d.state_dict(),
+            torch.save({"key": run_key, "epoch": epoch, **model.state_dict(),
                         "rng": rng_state(), "eval_noise": eval_noise, "history": history}, tmp)
 
     cols = list(history[0])

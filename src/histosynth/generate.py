@@ -19,8 +19,12 @@ from .metrics import frechet_distance, kernel_inception_distance
 from .store import write_store
 
 
-def load_generator(snapshot_path, device="cpu") -> torch.nn.Module:
-    """The generator of a training snapshot (epoch_XXXXX.pt), in eval mode."""
+def load_generator(snapshot_path, device="cpu", sampling: dict | None = None) -> torch.nn.Module:
+    """The generator of a training snapshot (epoch_XXXXX.pt), in eval mode.
+
+    `sampling`: latent diffusion's sampler settings (histosynth.ldm.SamplingConfig);
+    they are not part of the snapshot, so changing them never retrains.
+    """
     try:
         state = load_checkpoint(snapshot_path)
         family = state["family"]
@@ -34,6 +38,13 @@ def load_generator(snapshot_path, device="cpu") -> torch.nn.Module:
         from .models.cgan import CGANConfig, Generator
 
         G = Generator(CGANConfig(**state["model"]))
+    elif family in ("ldm_unet", "ldm_dit"):
+        from .ldm import LatentDiffusionGenerator
+
+        try:
+            return LatentDiffusionGenerator(family, state, sampling).to(device).eval()
+        except ValueError as e:
+            raise InputError(f"generator sampling settings: {e}") from e
     else:
         raise InputError(f"{snapshot_path}: unknown generator family '{family}'")
     G.load_state_dict(state["G"])
@@ -45,7 +56,7 @@ def sample_images(G: torch.nn.Module, labels: np.ndarray, seeds: np.ndarray, bat
                   device="cpu", progress: bool = False) -> np.ndarray:
     """uint8 NHWC images, image i from latent seed `seeds[i]` and class `labels[i]`."""
     device = torch.device(device)
-    z_dim = G.cfg.z_dim if hasattr(G.cfg, "z_dim") else G.cfg.latent_dim
+    z_dim = getattr(G, "z_dim", None) or getattr(G.cfg, "z_dim", None) or G.cfg.latent_dim
     out = []
     for start in tqdm(range(0, len(labels), batch_size), desc="generate", disable=not progress, mininterval=5):
         stop = min(start + batch_size, len(labels))
@@ -65,7 +76,7 @@ def class_labels(counts: dict[int, int]) -> np.ndarray:
 
 
 def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], out_tsv, *,
-                      batch_size=256, device="cpu", seed=0) -> pd.DataFrame:
+                      batch_size=256, device="cpu", seed=0, sampling=None) -> pd.DataFrame:
     """FID and KID of every snapshot against the real subset, once per feature space.
 
     `references` maps a feature-space name to (extractor, real statistics from
@@ -82,7 +93,7 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
     seeds = seed * 1_000_003 + np.arange(len(labels))
     rows = []
     for epoch, path in tqdm(snapshots, desc="score checkpoints"):
-        images = sample_images(load_generator(path, device), labels, seeds, batch_size, device)
+        images = sample_images(load_generator(path, device, sampling), labels, seeds, batch_size, device)
         row = {"epoch": epoch}
         for space, (extractor, real) in references.items():
             suffix = "" if space == "domain" else f"_{space}"
@@ -99,13 +110,13 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
 
 
 def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str], out_h5, *, grid_png=None,
-                  real=None, batch_size=256, device="cpu", seed=0) -> None:
+                  real=None, batch_size=256, device="cpu", seed=0, sampling=None) -> None:
     """Write `counts[c]` images of every class c to a canonical store, with per-image seeds.
 
     `grid_png`: the first 8 synthetic images per class, each class row under a row of
     real images from `real` = (images, labels) when given, for a side-by-side look.
     """
-    G = load_generator(snapshot_path, device)
+    G = load_generator(snapshot_path, device, sampling)
     labels = class_labels(counts)
     seeds = seed * 1_000_003 + np.arange(len(labels))
     images = sample_images(G, labels, seeds, batch_size, device, progress=True)

@@ -92,7 +92,21 @@ def train_generator(smk):
     cfg = dict(smk.params.cfg)
     cfg["betas"] = tuple(cfg["betas"])
     train_gan(images, labels, len(class_names), os.path.join(os.path.dirname(smk.output.losses), "checkpoints"),
-              smk.output.losses, GANTrainConfig(**cfg))
+              smk.output.losses, GANTrainConfig(**cfg), vae_path=smk.input.get("vae"))
+
+
+def train_vae(smk):
+    from .split import read_subset
+    from .store import read_store
+    from .vae_training import VAETrainConfig, train_vae as train
+
+    torch.set_num_threads(smk.threads)
+    images, _, _ = read_store(smk.input.train, read_subset(smk.input.subset))
+    valid, _, _ = read_store(smk.input.valid)
+    train(images, valid, VAETrainConfig(**smk.params.cfg), model_path=smk.output.model,
+          losses_path=smk.output.losses, metrics_path=smk.output.metrics,
+          # Not a declared output: Snakemake deletes those before a rerun, this must survive.
+          resume_path=os.path.join(os.path.dirname(smk.output.model), "resume.pt"))
 
 
 def inception_stats(smk):
@@ -124,7 +138,7 @@ def score_checkpoints(smk):
                                    load_stats(smk.input.inception_stats))
     score(os.path.join(os.path.dirname(smk.input.losses), "checkpoints"), references,
           {c: p.images_per_class for c in range(n_classes)}, smk.output.scores,
-          batch_size=p.batch_size, device=device, seed=p.seed)
+          batch_size=p.batch_size, device=device, seed=p.seed, sampling=p.sampling)
 
 
 def select_checkpoint(smk):
@@ -155,7 +169,8 @@ def generate(smk):
     device = _gpu_unless_cpu(p.device)
     snapshot = checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch)
     generate_pool(snapshot, counts, class_names, smk.output.pool, grid_png=smk.output.grid,
-                  real=(real_images, labels), batch_size=p.batch_size, device=device, seed=p.seed)
+                  real=(real_images, labels), batch_size=p.batch_size, device=device, seed=p.seed,
+                  sampling=p.sampling)
 
 
 def filter(smk):  # noqa: A001 (the rule is called `filter`)
@@ -176,7 +191,7 @@ def filter(smk):  # noqa: A001 (the rule is called `filter`)
     filter_pool(FilterConfig(**p.cfg), smk.input.pool, real_images, real_labels,
                 load_stats(smk.input.stats)["features"], smk.input.extractor, p.backbone,
                 checkpoint_path(os.path.join(os.path.dirname(smk.input.choice), "checkpoints"), epoch),
-                smk.output.selected, smk.output.summary, device=device)
+                smk.output.selected, smk.output.summary, device=device, sampling=p.sampling)
 
 
 def quality(smk):

@@ -78,10 +78,30 @@ def extractor_params():
 
 
 def generator_params(generator):
+    """Training settings only: sampler settings (latent diffusion) never retrain."""
     cfg = dict(config["generator"][generator])
     cfg.pop("threads")
+    cfg.pop("sampling", None)
     cfg["family"] = generator
     return cfg
+
+
+def sampling_params(generator):
+    """Latent diffusion's sampler (steps, eta, guidance): read by scoring, generation and top-up filters."""
+    return config["generator"][generator].get("sampling", {})
+
+
+def vae_params():
+    cfg = dict(config["vae"])
+    cfg.pop("threads")
+    return cfg
+
+
+def generator_inputs(wildcards):
+    """Latent diffusion trains on the subset's VAE latents."""
+    if wildcards.generator.startswith("ldm_"):
+        return {"vae": f"{RESULTS}/vae/subset{wildcards.subset}/vae.pt"}
+    return {}
 
 
 def inception_inputs(wildcards):

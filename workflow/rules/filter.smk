@@ -19,6 +19,8 @@ rule filter:
         cfg=lambda w: filter_params(w.filter),
         backbone=config["selection"]["backbone"],
         device=lambda w: config["generator"][w.generator]["device"],
+        # Only the threshold filters generate beyond the pool.
+        sampling=lambda w: sampling_params(w.generator) if w.filter in ("realism", "realism_class", "confidence") else {},
     threads: config["classifier"]["threads"]
     resources:
         gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,

@@ -51,8 +51,31 @@ rule inception_stats:
         STAGE
 
 
+rule train_vae:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        valid=f"{RESULTS}/data/valid.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+    output:
+        model=f"{RESULTS}/vae/subset{{subset}}/vae.pt",
+        losses=f"{RESULTS}/vae/subset{{subset}}/losses.tsv",
+        metrics=f"{RESULTS}/vae/subset{{subset}}/metrics.json",
+    params:
+        cfg=lambda w: vae_params(),
+    threads: config["vae"]["threads"]
+    resources:
+        gpu=0 if config["vae"]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/train_vae/subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
 rule train_generator:
     input:
+        unpack(generator_inputs),
         train=f"{RESULTS}/data/train.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
     output:
@@ -85,6 +108,7 @@ rule score_checkpoints:
         batch_size=config["selection"]["batch_size"],
         seed=config["selection"]["seed"],
         device=lambda w: config["generator"][w.generator]["device"],
+        sampling=lambda w: sampling_params(w.generator),
     threads: config["classifier"]["threads"]
     resources:
         gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
@@ -130,6 +154,7 @@ rule generate:
         batch_size=config["generation"]["batch_size"],
         seed=config["generation"]["seed"],
         device=lambda w: config["generator"][w.generator]["device"],
+        sampling=lambda w: sampling_params(w.generator),
     threads: config["classifier"]["threads"]
     resources:
         gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
