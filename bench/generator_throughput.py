@@ -2,15 +2,36 @@
 
     .venv/bin/python bench/generator_throughput.py --family histogan --image-size 96 --batch-size 32
     .venv/bin/python bench/generator_throughput.py --family cgan --image-size 128 --batch-size 25
+    .venv/bin/python bench/generator_throughput.py --family ldm_unet --image-size 96 --batch-size 64 --gen-images 16
+    .venv/bin/python bench/generator_throughput.py --family ldm_dit --image-size 96 --batch-size 64 --gen-images 16
+
+Latent diffusion: the schema-default VAE (untrained, 4x: 24x24x4 latents at 96 px)
+and denoiser; a training step includes the VAE encoding; generation is DDIM with
+--ddim-steps steps (50 by default, as in bulk generation) plus decoding.
 """
 
 import argparse
 import json
+import tempfile
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
-from histosynth.gan_training import ADAPTERS
+from histosynth.gan_training import ADAPTERS, LDM
+
+
+def build(family: str, image_size: int, tmp: Path):
+    """The training adapter of one family at default sizes."""
+    if family not in LDM:
+        return ADAPTERS[family]({}, 2, image_size, 2e-4, (0.5, 0.999))
+    from histosynth.models.vae import VAE, VAEConfig
+
+    vae = VAE(VAEConfig(image_size=image_size))
+    torch.save({"model": asdict(vae.cfg), "state": vae.state_dict(), "latent_scale": 1.0, "epoch": 0}, tmp / "vae.pt")
+    model = ADAPTERS[family]({}, 2, image_size, 1e-4, (0.9, 0.999), vae_path=tmp / "vae.pt", diffusion={})
+    return model
 
 
 def main():
@@ -20,13 +41,15 @@ def main():
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--gen-images", type=int, default=256)
+    ap.add_argument("--ddim-steps", type=int, default=50)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = ADAPTERS[args.family]({}, 2, args.image_size, 2e-4, (0.5, 0.999))
-    model.G.to(device), model.D.to(device)
+    model = build(args.family, args.image_size, Path(tempfile.mkdtemp()))
+    model.to(device)
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1
     y = torch.randint(0, 2, (args.batch_size,), device=device)
     model.step(x, y, True)  # warm-up
@@ -36,16 +59,24 @@ def main():
         model.step(x, y, True)
     sync()
     train = args.batch_size * args.steps / (time.perf_counter() - t0)
-    model.G.eval()
+    if args.family in LDM:
+        from histosynth.ldm import LatentDiffusionGenerator
+
+        G = LatentDiffusionGenerator(args.family, {**model.snapshot(), "family": args.family},
+                                     {"steps": args.ddim_steps}).to(device)
+    else:
+        G = model.G
+    G.eval()
+    n = args.gen_images
     with torch.no_grad():
-        z = torch.randn(256, model.z_dim, device=device)
-        yy = torch.randint(0, 2, (256,), device=device)
-        model.G(z[:8], yy[:8])
+        z = torch.randn(n, model.z_dim, device=device)
+        yy = torch.randint(0, 2, (n,), device=device)
+        G(z[:2], yy[:2])
         sync()
         t0 = time.perf_counter()
-        model.G(z, yy)
+        G(z, yy)
         sync()
-        gen = 256 / (time.perf_counter() - t0)
+        gen = n / (time.perf_counter() - t0)
     print(json.dumps({"family": args.family, "device": str(device), "image_size": args.image_size,
                       "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                       "train_images_per_s": round(train, 1), "generate_images_per_s": round(gen, 1)}))

@@ -229,6 +229,40 @@ def test_synthetic_strategies_tables_figures_and_report(finished_run):
         assert caption in report, caption
 
 
+LDM_MICRO = {
+    "generators": ["ldm_dit"],
+    "generator": {"ldm_dit": {"model": {"patch_size": 2, "hidden_size": 32, "depth": 1, "num_heads": 2},
+                              "epochs": 2, "batch_size": 10, "save_from": 0, "device": "cpu", "threads": 1,
+                              "diffusion": {"timesteps": 50, "ema_decay": 0.9}, "sampling": {"steps": 3}}},
+    "vae": {"model": {"base_channels": 8, "channel_mults": [1, 2, 4], "mid_attention": False},
+            "epochs": 1, "batch_size": 10, "device": "cpu", "threads": 1},
+    "selection": GAN_MICRO["selection"],
+    "generation": GAN_MICRO["generation"],
+    "filters": ["none"],
+    "filtering": GAN_MICRO["filtering"],
+    "quality": GAN_MICRO["quality"],
+}
+
+
+@pytest.mark.slow
+def test_latent_diffusion_branch_and_what_its_settings_rerun(finished_run):
+    tmp, config = finished_run
+    config = {**config, **LDM_MICRO}
+    snakemake(tmp, config)
+    results = tmp / "results/pcam"
+    assert json.loads((results / "vae/subset0/metrics.json").read_text())["latent_shape"] == [4, 8, 8]
+    images, labels, _ = read_store(results / "generators/ldm_dit/subset0/pool.h5")
+    assert np.bincount(labels).tolist() == [20, 20] and images.shape[1:] == (32, 32, 3)
+    # The sampler never retrains; the VAE retrains the denoiser; neither touches the classifiers.
+    sampling = {**config, "generator": {"ldm_dit": {**LDM_MICRO["generator"]["ldm_dit"], "sampling": {"steps": 5}}}}
+    downstream = {"generate": 2, "filter": 2, "quality": 2, "quality_table": 1}
+    assert scheduled_jobs(snakemake(tmp, sampling, "-n")) == {"score_checkpoints": 2, "select_checkpoint": 2,
+                                                              **downstream}
+    vae = {**config, "vae": {**LDM_MICRO["vae"], "epochs": 2}}
+    assert scheduled_jobs(snakemake(tmp, vae, "-n")) == {"train_vae": 2, "train_generator": 2, "score_checkpoints": 2,
+                                                         "select_checkpoint": 2, **downstream}
+
+
 def test_synthetic_strategies_without_a_generator_are_a_config_error(tmp_path):
     config = {**micro_config(tmp_path, {}), "strategies": ["baseline", "augment"]}
     proc = snakemake(tmp_path, config, "-n", check=False)
