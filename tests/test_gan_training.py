@@ -23,10 +23,12 @@ def cfg(**kw):
 
 
 CGAN_TINY = {"latent_dim": 16, "filters": 8, "d_filters": 8}
+VITGAN_TINY = {"z_dim": 16, "embed_dim": 256, "depth": 1, "num_heads": 2, "d_embed_dim": 32, "d_patch_size": 2}
 
 
 @pytest.mark.parametrize("family,model,adapter", [("histogan", TINY, gt.HistoGANAdapter),
-                                                  ("cgan", CGAN_TINY, gt.CGANAdapter)])
+                                                  ("cgan", CGAN_TINY, gt.CGANAdapter),
+                                                  ("vitgan", VITGAN_TINY, gt.ViTGANAdapter)])
 def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch, family, model, adapter):
     x, y = data()
     c = cfg(family=family, model=model)

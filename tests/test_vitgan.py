@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn as nn
@@ -240,3 +242,24 @@ def test_selective_counts_only_confident_fakes():
     total, parts = discriminator_loss(d, mlw, real, labels, fake, labels, gp_weight=10.0, lam=0.99, selective=True)
     total.backward()
     assert int(parts["n_syn"]) == 0 and mlw.sigma.grad[1] == 0 and mlw.sigma.grad[0] != 0
+
+
+def test_generation_maps_normal_draws_onto_the_truncated_normal():
+    from scipy import stats
+
+    from histosynth.models.vitgan import TruncatedViTGenerator
+
+    seen = []
+
+    class Spy(torch.nn.Module):
+        cfg = tiny()
+
+        def forward(self, z, y):
+            seen.append(z)
+            return z
+
+    TruncatedViTGenerator(Spy())(torch.randn(4000, 8, generator=torch.Generator().manual_seed(0)), None)
+    z = seen[0].flatten().numpy()
+    tau = Spy.cfg.tau
+    assert np.abs(z).max() <= tau
+    assert stats.kstest(z, stats.truncnorm(-tau, tau).cdf).pvalue > 0.01

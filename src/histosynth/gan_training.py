@@ -152,6 +152,44 @@ class CGANAdapter(_Adapter):
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
 
+class ViTGANAdapter(_Adapter):
+    """ViT conditional GAN: WGAN-GP source head + class head with multi-loss weighting (eq. 7)
+    over real and (confidence-selected, Algorithm 2) synthetic images; truncated z (τ)."""
+
+    def __init__(self, *args, **kwargs):
+        from .models import vitgan
+
+        self.v = vitgan
+        super().__init__(vitgan.ViTGANConfig, vitgan.build_vitgan, *args, **kwargs)
+        self.z_dim = self.cfg.z_dim
+
+    def step(self, x, y, train_g: bool) -> dict:
+        z = self.v.truncated_normal((len(x), self.z_dim), self.cfg.tau, device=x.device)
+        with self.autocast(x):
+            fake = self.G(z, y)  # synthetic images of the batch's own labels
+            d_loss, parts = self.v.discriminator_loss(self.D.d, self.D.mlw, x, y, fake.detach(), y,
+                                                      self.cfg.gp_weight, self.cfg.confidence_lambda,
+                                                      selective=self.cfg.selective)
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        losses = {"d_loss": d_loss.detach()}
+        if train_g:
+            with self.autocast(x):
+                g_loss = self.v.generator_loss(self.D.d, fake, y)
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self.opt_g.step()
+            losses["g_loss"] = g_loss.detach()
+        # Class-head accuracy on real images and confident synthetic images per batch (Algorithm 2).
+        return {**losses, "acc_real": parts["acc_real"], "n_syn": parts["n_syn"]}
+
+    def snapshot(self) -> dict:
+        # The critic travels too: its class head is the `confidence` filter's and the
+        # `unified` strategy's classifier (vit-cgan-unified-framework.md Algorithm 1).
+        return {**super().snapshot(), "D": self.D.state_dict()}
+
+
 def _ldm_adapter(backbone):
     def build(*args, **kwargs):
         from .ldm import LDMAdapter
@@ -161,7 +199,8 @@ def _ldm_adapter(backbone):
 
 
 LDM = ("ldm_unet", "ldm_dit")  # latent diffusion: a trained VAE comes in through `vae_path`
-ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter, **{b: _ldm_adapter(b) for b in LDM}}
+ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter, "vitgan": ViTGANAdapter,
+            **{b: _ldm_adapter(b) for b in LDM}}
 
 
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,

@@ -38,6 +38,12 @@ def load_generator(snapshot_path, device="cpu", sampling: dict | None = None) ->
         from .models.cgan import CGANConfig, Generator
 
         G = Generator(CGANConfig(**state["model"]))
+    elif family == "vitgan":
+        from .models.vitgan import TruncatedViTGenerator, ViTGANConfig, ViTGenerator
+
+        G = ViTGenerator(ViTGANConfig(**state["model"]))
+        G.load_state_dict(state["G"])
+        return TruncatedViTGenerator(G).to(device).eval()
     elif family in ("ldm_unet", "ldm_dit"):
         from .ldm import LatentDiffusionGenerator
 

@@ -516,3 +516,19 @@ def generator_loss(D, fake: torch.Tensor, fake_labels: torch.Tensor) -> torch.Te
     source, logits = D(fake)
     return -source.mean() + F.cross_entropy(logits.float(), fake_labels)
 
+
+
+class TruncatedViTGenerator(nn.Module):
+    """G(z, y) for generation from standard-normal z: each entry is mapped through the normal
+    CDF onto the truncated normal on [-tau, tau] (inverse-CDF sampling, exact in distribution),
+    so the truncation trick applies and every image still comes from its own seed."""
+
+    def __init__(self, G: ViTGenerator):
+        super().__init__()
+        self.G, self.cfg, self.z_dim = G, G.cfg, G.cfg.z_dim
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        tau = torch.tensor(self.cfg.tau, dtype=torch.float64)
+        lo, hi = torch.special.ndtr(-tau), torch.special.ndtr(tau)
+        u = lo + torch.special.ndtr(z.double()) * (hi - lo)
+        return self.G(torch.special.ndtri(u).clamp(-self.cfg.tau, self.cfg.tau).to(z.dtype), y)
