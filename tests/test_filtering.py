@@ -83,3 +83,24 @@ def test_a_threshold_nothing_passes_gives_up_with_a_clear_error(setup, tmp_path)
 def test_unknown_filter():
     with pytest.raises(InputError, match="not one of"):
         FilterConfig(name="magic")
+
+
+def test_confidence_filter_on_a_vitgan_pool_uses_its_own_class_head(setup, tmp_path):
+    from histosynth.filtering import _vitgan_critic
+    from histosynth.models.vitgan import class_probabilities
+    from test_gan_training import VITGAN_TINY
+
+    tmp, x, y, real_features, _ = setup
+    train_gan(x, y, 2, tmp_path / "vit", tmp_path / "losses.tsv",
+              GANTrainConfig(family="vitgan", model=VITGAN_TINY, epochs=2, batch_size=8, save_from=1, device="cpu"))
+    snapshot = tmp_path / "vit/epoch_00002.pt"
+    generate_pool(snapshot, {0: 16, 1: 16}, ["normal", "tumor"], tmp_path / "pool.h5", batch_size=16)
+    summary = filter_pool(FilterConfig(name="confidence", batch_size=16, confidence_threshold=0.0),
+                          tmp_path / "pool.h5", x, y, real_features, tmp / "model.pt", "resnet18", snapshot,
+                          tmp_path / "selected.h5", tmp_path / "summary.json")
+    assert summary["kept"] == {"normal": 4, "tumor": 4}
+    pool, labels, _ = read_store(tmp_path / "pool.h5")
+    idx = read_extra(tmp_path / "selected.h5", "pool_index")
+    expected = class_probabilities(_vitgan_critic(snapshot, "cpu"), pool[idx])[np.arange(len(idx)), labels[idx]]
+    np.testing.assert_allclose(read_extra(tmp_path / "selected.h5", "score"), expected, rtol=1e-6)
+    assert _vitgan_critic(setup[4], "cpu") is None  # HistoGAN snapshots keep the domain classifier

@@ -52,13 +52,21 @@ def target_counts(real_labels: np.ndarray, n_classes: int, ratio: float) -> dict
 class _Scorer:
     """Per-image scores of one threshold filter, from the domain classifier trained on the real subset."""
 
-    def __init__(self, cfg: FilterConfig, classifier_path, backbone, n_classes, real_features, real_labels, device):
+    def __init__(self, cfg: FilterConfig, classifier_path, backbone, n_classes, real_features, real_labels, device,
+                 snapshot_path=None):
         from .classifier import build_classifier, eval_batches, predict_proba
         from .features import domain_extractor, extract_features
 
         self.cfg, self.device = cfg, torch.device(device)
         self.real_features, self.real_labels = real_features, real_labels
-        if cfg.name == "confidence":
+        critic = _vitgan_critic(snapshot_path, self.device) if cfg.name == "confidence" else None
+        if critic is not None:
+            # ViT-cGAN's own class head judges its images (vit-cgan-unified-framework.md Algorithm 2).
+            from .models.vitgan import class_probabilities
+
+            self.score_images = lambda x, y: class_probabilities(critic, x, cfg.batch_size, self.device)[
+                np.arange(len(y)), y]
+        elif cfg.name == "confidence":
             model = build_classifier(backbone, n_classes)
             try:
                 model.load_state_dict(torch.load(classifier_path, map_location="cpu", weights_only=True))
@@ -85,6 +93,22 @@ class _Scorer:
         return filters.realism_select(labels, scores, targets, self.cfg.realism_threshold)
 
 
+def _vitgan_critic(snapshot_path, device):
+    """The critic (with its class head) of a ViT-cGAN snapshot; None for other generators."""
+    if snapshot_path is None:
+        return None
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(snapshot_path)
+    if state.get("family") != "vitgan":
+        return None
+    from .models.vitgan import Critic, ViTGANConfig
+
+    critic = Critic(ViTGANConfig(**state["model"]))
+    critic.load_state_dict(state["D"])
+    return critic.to(device).eval()
+
+
 def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labels: np.ndarray,
                 real_features: np.ndarray, classifier_path, backbone: str, snapshot_path, out_path, summary_path,
                 device="cpu", sampling=None) -> dict:
@@ -107,7 +131,8 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
         keep, scores = filters.histogan_select(labels, entropy, distance, targets), {"entropy": entropy,
                                                                                    "distance": distance}
     else:
-        scorer = _Scorer(cfg, classifier_path, backbone, n_classes, real_features, real_labels, device)
+        scorer = _Scorer(cfg, classifier_path, backbone, n_classes, real_features, real_labels, device,
+                         snapshot_path)
         score = scorer.score_images(images, labels)
         keep, short = scorer.select(labels, score, targets)
         G = None

@@ -532,3 +532,16 @@ class TruncatedViTGenerator(nn.Module):
         lo, hi = torch.special.ndtr(-tau), torch.special.ndtr(tau)
         u = lo + torch.special.ndtr(z.double()) * (hi - lo)
         return self.G(torch.special.ndtri(u).clamp(-self.cfg.tau, self.cfg.tau).to(z.dtype), y)
+
+
+@torch.no_grad()
+def class_probabilities(critic: nn.Module, images, batch_size: int = 256, device="cpu"):
+    """Softmax of the class head for uint8 NHWC images (N, C): Algorithm 1's classifier."""
+    import numpy as np
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.as_tensor(np.ascontiguousarray(images[start:start + batch_size])).to(device)
+        x = x.permute(0, 3, 1, 2).float().div(127.5).sub(1)  # the [-1, 1] range the critic trained on
+        out.append(torch.softmax(critic(x)[1].float(), dim=1).cpu())
+    return torch.cat(out).double().numpy()
