@@ -232,7 +232,8 @@ def test_synthetic_strategies_tables_figures_and_report(finished_run):
 LDM_MICRO = {
     "generators": ["ldm_dit"],
     "generator": {"ldm_dit": {"model": {"patch_size": 2, "hidden_size": 32, "depth": 1, "num_heads": 2},
-                              "epochs": 2, "batch_size": 10, "save_from": 0, "device": "cpu", "threads": 1,
+                              "epochs": 2, "batch_size": 10, "save_from": 0, "save_every": 1, "device": "cpu",
+                              "threads": 1,
                               "diffusion": {"timesteps": 50, "ema_decay": 0.9}, "sampling": {"steps": 3}}},
     "vae": {"model": {"base_channels": 8, "channel_mults": [1, 2, 4], "mid_attention": False},
             "epochs": 1, "batch_size": 10, "device": "cpu", "threads": 1},

@@ -213,9 +213,9 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
         raise InputError(f"generator family '{cfg.family}' is not one of {sorted(ADAPTERS)}")
     if (cfg.family in LDM) != (vae_path is not None):
         raise InputError(f"generator family '{cfg.family}' {'needs' if cfg.family in LDM else 'takes no'} VAE")
-    if cfg.save_from >= cfg.epochs:
-        raise InputError(f"save_from ({cfg.save_from}) must be below epochs ({cfg.epochs}): "
-                         "no checkpoint would be saved for selection")
+    if not any((e - cfg.save_from) % cfg.save_every == 0 for e in range(cfg.save_from + 1, cfg.epochs + 1)):
+        raise InputError(f"save_from ({cfg.save_from}), save_every ({cfg.save_every}) and epochs ({cfg.epochs}) "
+                         "leave no checkpoint to save for selection")
     device = pick_device(cfg.device)
     ckpt_dir = Path(ckpt_dir)
     amp = amp_dtype(device, cfg.amp)
