@@ -29,3 +29,29 @@ def test_rng_state_round_trip(tmp_path):
     a = torch.rand(4)
     set_rng_state(latest_checkpoint(tmp_path)[0]["rng"])
     assert torch.equal(torch.rand(4), a)
+
+
+def test_a_truncated_resume_state_falls_back_to_the_previous_one(tmp_path, capsys):
+    from histosynth.checkpoint import load_resume_state, previous_state_path, remove_resume_state, save_resume_state
+
+    path = tmp_path / "resume.pt"
+    for epoch in (1, 2):
+        save_resume_state(path, {"key": "run", "epoch": epoch})
+    assert load_resume_state(path, "run", "t")["epoch"] == 2
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    state = load_resume_state(path, "run", "t")
+    out = capsys.readouterr().out
+    assert state["epoch"] == 1 and f"{path} is unreadable" in out and str(previous_state_path(path)) in out
+    # A kill between the two renames of a save leaves only the previous state.
+    path.unlink()
+    assert load_resume_state(path, "run", "t")["epoch"] == 1
+    # Both damaged: start afresh, said once more with the path.
+    previous_state_path(path).write_bytes(b"not a checkpoint")
+    assert load_resume_state(path, "run", "t") is None
+    assert f"no readable resume state at {path}" in capsys.readouterr().out
+    # Another run's state is never resumed, and finished jobs remove both files.
+    save_resume_state(path, {"key": "other", "epoch": 5})
+    assert load_resume_state(path, "run", "t") is None
+    remove_resume_state(path)
+    assert list(tmp_path.iterdir()) == []

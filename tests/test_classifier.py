@@ -130,7 +130,7 @@ def test_resume_state_from_other_settings_is_ignored(tmp_path, capsys):
                      history_path=out["history"], model_path=out["model"], resume_path=resume,
                      strategy="baseline", seed=0,
                      cfg=ClassifierConfig(epochs=1, batch_size=16, eval_batch_size=32, device="cpu"))
-    assert "from other settings or data; training from epoch 1" in capsys.readouterr().out
+    assert "from other settings, code or data; training from epoch 1" in capsys.readouterr().out
 
 
 def synthetic_store(tmp_path, n=32, classes=("normal", "tumor")):

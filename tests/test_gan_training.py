@@ -66,7 +66,7 @@ def test_changed_settings_do_not_resume(tmp_path, capsys):
     x, y = data()
     train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2))
     train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2, lr=1e-4))
-    assert "from other settings or data; training from epoch 1" in capsys.readouterr().out
+    assert "from other settings, code or data; training from epoch 1" in capsys.readouterr().out
 
 
 def test_resume_state_of_another_architecture_restarts(tmp_path, capsys, monkeypatch):

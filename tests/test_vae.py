@@ -174,7 +174,7 @@ def test_resume_state_of_other_data_or_settings_is_ignored(tmp_path, capsys):
     # A state left by a run on other images (same settings) must not be continued.
     torch.save({"key": "another run", "epoch": 1, "model": {}, "history": []}, tmp_path / "a.resume.pt")
     again = run(tmp_path, "a", cfg(epochs=1), x, v)
-    assert "from other settings or data; training from epoch 1" in capsys.readouterr().out
+    assert "from other settings, code or data; training from epoch 1" in capsys.readouterr().out
     assert again["latent_scale"] == fresh["latent_scale"]
 
 

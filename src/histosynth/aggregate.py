@@ -30,7 +30,7 @@ from scipy import stats
 from .errors import InputError
 from . import tables
 from .fileio import atomic_path, write_text
-from .tables import FILTER_NAMES, GENERATOR_NAMES, MISSING, best_marks
+from .tables import FILTER_NAMES, GENERATOR_NAMES, MISSING, best_marks, generator_name
 
 __all__ = [
     "load_runs",
@@ -49,14 +49,16 @@ KEYS = ("filter", "strategy", "generator")
 RUN_COLUMNS = ("strategy", "generator", "filter", "subset", "seed", *METRICS)
 
 # Same names as histosynth.classifier (not imported: it pulls in torch, which tables don't need).
-STRATEGIES = ("baseline", "traditional", "augment", "transfer", "synthetic_only")
+STRATEGIES = ("baseline", "traditional", "augment", "transfer", "synthetic_only", "unified")
 REAL_STRATEGIES = ("baseline", "traditional")
 SYNTHETIC_STRATEGIES = ("augment", "transfer", "synthetic_only")
 
 BACKBONE_NAMES = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
                   "densenet169": "DenseNet169"}
 STRATEGY_NAMES = {"baseline": "Baseline", "traditional": "Traditional augmentation"}
-STRATEGY_SUFFIX = {"augment": "augmentation", "transfer": "transfer learning", "synthetic_only": "synthetic only"}
+STRATEGY_SUFFIX = {"augment": "augmentation", "transfer": "transfer learning", "synthetic_only": "synthetic only",
+                   "unified": "class head"}
+UNIFIED_SECTION = "Unified model: the ViT-cGAN critic's class head classifies (Algorithm 1)"
 FILTER_SHORT = {"none": "none", "histogan": "HistoGAN", "realism": "realism", "realism_class": "class realism",
                 "confidence": "confidence"}
 
@@ -91,11 +93,14 @@ def _load_one(path) -> dict:
     if strategy not in REAL_STRATEGIES:  # real-data runs do not depend on a generator: always ""
         for key in ("generator", "filter"):
             value = m.get(key)
-            if strategy in SYNTHETIC_STRATEGIES and (not isinstance(value, str) or not value):
+            needed = strategy in SYNTHETIC_STRATEGIES or (strategy == "unified" and key == "generator")
+            if needed and (not isinstance(value, str) or not value):
                 raise InputError(f"{path}: strategy '{strategy}' needs a non-empty '{key}', got {value!r}")
             if value is not None and not isinstance(value, str):
                 raise InputError(f"{path}: '{key}' must be a string, got {value!r}")
             row[key] = value or ""
+        if strategy == "unified" and row["filter"]:
+            raise InputError(f"{path}: strategy 'unified' takes no filter, got {row['filter']!r}")
     if not isinstance(test, dict):
         raise InputError(f"{path}: 'test' must be an object of metrics")
     absent = [k for k in METRICS if k not in test]
@@ -166,14 +171,19 @@ def _group_order(runs: pd.DataFrame, strategies=None, generators=None, filters=N
     """(filter, strategy, generator) groups in Table 2's order.
 
     Rows without a filter (the real-data strategies) come first, then one block per
-    filter; within a block by strategy, then generator. Nothing is dropped: values
-    missing from the given orders go after, in first-seen order.
+    filter; within a block by strategy, then generator. The unified model's rows
+    close the table, as "Ours" in vit-cgan-unified-framework.md Table I. Nothing is
+    dropped: values missing from the given orders go after, in first-seen order.
     """
     groups = list(dict.fromkeys(zip(runs["filter"], runs["strategy"], runs["generator"])))
     f_rank = _rank(runs["filter"], filters, FILTER_NAMES)
     s_rank = _rank(runs["strategy"], strategies, STRATEGIES)
     g_rank = _rank(runs["generator"], generators, GENERATOR_NAMES)
-    return sorted(groups, key=lambda k: (-1 if k[0] == "" else f_rank[k[0]], s_rank[k[1]], g_rank[k[2]]))
+
+    def block(k):
+        return len(f_rank) if k[1] == "unified" else -1 if k[0] == "" else f_rank[k[0]]
+
+    return sorted(groups, key=lambda k: (block(k), s_rank[k[1]], g_rank[k[2]]))
 
 
 def _select(runs: pd.DataFrame, key: tuple) -> pd.DataFrame:
@@ -237,7 +247,8 @@ def paired_comparison(runs: pd.DataFrame, reference: str = "traditional", *, str
     """Each :func:`summarise` row (same order and index) against the `reference` strategy.
 
     Runs are paired with the reference runs of the same (subset, seed); unpaired runs
-    are left out. Columns: the group keys, `n_pairs` and per metric `{m}_diff` (mean
+    are left out. A `unified` run (one per subset: the critic of that subset's
+    ViT-cGAN) is paired with the mean of the reference runs on its subset. Columns: the group keys, `n_pairs` and per metric `{m}_diff` (mean
     of row − reference), `{m}_diff_std`, `{m}_p` (two-sided paired t-test; NaN for
     fewer than 2 pairs or constant differences) and `{m}_p_wilcoxon`. The reference
     row, and every row when no reference run exists, are NA; rows without pairs have
@@ -258,7 +269,11 @@ def paired_comparison(runs: pd.DataFrame, reference: str = "traditional", *, str
         row = dict(zip(KEYS, key), n_pairs=pd.NA)
         row.update({c: math.nan for c in PAIRED_COLUMNS[1:]})
         if ref is not None and key != ref_keys[0]:
-            pairs = _select(runs, key).merge(ref, on=["subset", "seed"], suffixes=("", "_ref"))
+            if key[1] == "unified":
+                per_subset = ref.groupby("subset", as_index=False)[list(METRICS)].mean()
+                pairs = _select(runs, key).merge(per_subset, on="subset", suffixes=("", "_ref"))
+            else:
+                pairs = _select(runs, key).merge(ref, on=["subset", "seed"], suffixes=("", "_ref"))
             row["n_pairs"] = len(pairs)
             for m in METRICS:
                 d = (pairs[m] - pairs[f"{m}_ref"]).to_numpy(dtype=float)
@@ -276,7 +291,7 @@ def paired_comparison(runs: pd.DataFrame, reference: str = "traditional", *, str
 def _row_name(strategy: str, generator: str) -> str:
     if not generator:
         return STRATEGY_NAMES.get(strategy, strategy)
-    return f"{GENERATOR_NAMES.get(generator, generator)} {STRATEGY_SUFFIX.get(strategy, strategy)}"
+    return f"{generator_name(generator)} {STRATEGY_SUFFIX.get(strategy, strategy)}"
 
 
 def _p_text(p: float) -> str:
@@ -309,9 +324,10 @@ def _items(table: pd.DataFrame, reference: str) -> tuple[list[str], list[tuple]]
     rows = list(zip(*columns))
     items, current = [], ""
     for i, (f, s, g) in enumerate(zip(table["filter"], table["strategy"], table["generator"])):
-        if f != current:
-            current = f
-            items.append(("section", FILTER_NAMES.get(f, f)))
+        section = UNIFIED_SECTION if s == "unified" else FILTER_NAMES.get(f, f)
+        if section != current:
+            current = section
+            items.append(("section", section))
         items.append(("row", _row_name(s, g), list(rows[i])))
     return labels, items
 
@@ -320,7 +336,9 @@ def _note(table: pd.DataFrame, reference: str) -> str:
     n = sorted({int(v) for v in table["n_pairs"] if not pd.isna(v) and v > 0})
     pairs = "no pairs" if not n else f"n = {n[0]} pairs" if len(n) == 1 else f"n = {n[0]}–{n[-1]} pairs"
     return (f"Δ: mean difference from {reference} in percentage points over runs with the same subset and seed; "
-            f"p: two-sided paired t-test over those pairs ({pairs}).")
+            f"p: two-sided paired t-test over those pairs ({pairs})."
+            + (" Unified rows pair each subset's critic with the mean over that subset's seeds."
+               if (table["strategy"] == "unified").any() else ""))
 
 
 def render(table: pd.DataFrame, title: str, fmt: str, reference: str = "traditional") -> str:
@@ -461,7 +479,7 @@ def plot_auc_by_strategy(runs_path, png_path, *, generators=None, filters=None, 
     for g in gens:
         sub = synthetic[synthetic["generator"] == g]
         bars = {(f, s): _auc_pct(part) for (f, s), part in sub.groupby(["filter", "strategy"], sort=False)}
-        panels.append((GENERATOR_NAMES.get(g, g), bars))
+        panels.append((generator_name(g), bars))
     # ~1.1 in per filter so "class realism" labels of neighbouring panels do not collide
     panel = 0.8 + len(x_names) * max(1.1, 0.45 * len(strats))
     fig, axes = _new_figure(0.6 + len(gens) * panel, 4.2, len(gens))
@@ -481,7 +499,7 @@ def plot_synthetic_only_auc(runs_path, png_path, *, generators=None, filters=Non
     g_rank = _rank(synthetic["generator"], generators, GENERATOR_NAMES)
     x_names = sorted(set(synthetic["filter"]), key=f_rank.get)
     gens = sorted(set(synthetic["generator"]), key=g_rank.get)
-    series = [(g, GENERATOR_NAMES.get(g, g), _BAR_COLOURS[i % len(_BAR_COLOURS)]) for i, g in enumerate(gens)]
+    series = [(g, generator_name(g), _BAR_COLOURS[i % len(_BAR_COLOURS)]) for i, g in enumerate(gens)]
     bars = {(f, g): _auc_pct(part) for (f, g), part in synthetic.groupby(["filter", "generator"], sort=False)}
     fig, axes = _new_figure(max(5.5, 1.2 + len(x_names) * max(1.1, 0.45 * len(gens))), 4.2)
     _bar_panels(fig, axes, [("Synthetic data only", bars)], x_names, series, _reference_lines(runs),

@@ -8,6 +8,7 @@ on load, reported with its path, and the previous one is used instead.
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -63,23 +64,58 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # Saved with as many GPUs as were visible (a multi-GPU job's rank 0 sees them all): set those there are.
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
+
+
+def previous_state_path(path) -> Path:
+    """Where `save_resume_state` keeps the state it replaced: resume.pt -> resume.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_resume_state(path, state: dict) -> None:
+    """Write `state` atomically, keeping the state it replaces beside it.
+
+    A resume file damaged later (disk fault, truncated copy) then costs one epoch,
+    not the run. A kill between the two renames leaves only the previous state,
+    which `load_resume_state` falls back to.
+    """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+        if path.exists():
+            os.replace(path, previous_state_path(path))
+
+
+def remove_resume_state(path) -> None:
+    for p in (Path(path), previous_state_path(path)):
+        p.unlink(missing_ok=True)
 
 
 def load_resume_state(path, run_key: str, tag: str) -> dict | None:
-    """The state saved at `path` if it belongs to this exact run (same `run_key`), else None.
+    """The newest readable state saved at `path` (else the previous one) if it belongs
+    to this exact run (same `run_key`), else None.
 
-    A job resumes only from its own settings and data; anything else (or an
-    unreadable file) means training from epoch 1, said in the log under `tag`.
+    A job resumes only from its own settings and data; anything else (or no readable
+    state) means training from epoch 1. Each decision is said in the log under `tag`,
+    with the file's path.
     """
-    if not Path(path).is_file():
-        return None
-    try:
-        state = load_checkpoint(path)
-    except Exception as e:
-        print(f"[{tag}] ignoring unreadable resume state {path} ({e}); training from epoch 1")
-        return None
-    if state.get("key") != run_key:
-        print(f"[{tag}] resume state {path} is from other settings or data; training from epoch 1")
-        return None
-    return state
+    for candidate in (Path(path), previous_state_path(path)):
+        if not candidate.is_file():
+            continue
+        try:
+            state = load_checkpoint(candidate)
+        except Exception as e:
+            print(f"[{tag}] resume state {candidate} is unreadable ({type(e).__name__}: {e}); "
+                  "trying the previous one")
+            continue
+        if state.get("key") != run_key:
+            print(f"[{tag}] resume state {candidate} is from other settings, code or data; training from epoch 1")
+            return None
+        if candidate != Path(path):
+            print(f"[{tag}] resuming from the previous state {candidate} (epoch {state.get('epoch')})")
+        return state
+    if previous_state_path(path).is_file() or Path(path).is_file():
+        print(f"[{tag}] no readable resume state at {path}; training from epoch 1")
+    return None

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from .augment import AugmentConfig
 from .batches import BatchIterator
-from .checkpoint import load_resume_state
+from .checkpoint import load_resume_state, remove_resume_state, save_resume_state
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
 from .metrics import classification_metrics
@@ -66,6 +66,7 @@ class ClassifierConfig:
     eval_batch_size: int = 256
     device: str = "auto"  # auto | cpu | cuda
     augmentation: dict = field(default_factory=dict)  # AugmentConfig fields, for `traditional`
+    code: str = ""  # hash of the stage's modules (provenance.py): edited code never resumes an old run
 
 
 def pick_device(name: str) -> torch.device:
@@ -242,10 +243,9 @@ def train_classifier(
             best = {"epoch": epoch, **val}
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         if resume_path:
-            with atomic_path(resume_path) as tmp:
-                torch.save({"key": run_key, "epoch": step, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "history": history, "best": best,
-                            "best_state": best_state}, tmp)
+            save_resume_state(resume_path, {"key": run_key, "epoch": step, "model": model.state_dict(),
+                                            "optimizer": opt.state_dict(), "history": history, "best": best,
+                                            "best_state": best_state})
 
     model.load_state_dict(best_state)
     del valid_batches  # free device memory before the test set moves there
@@ -264,6 +264,6 @@ def train_classifier(
         "\t".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n" for r in history))
     write_json(metrics_path, result)  # written last: its presence means the job finished
     if resume_path:
-        Path(resume_path).unlink(missing_ok=True)
+        remove_resume_state(resume_path)
     print(f"[classifier] best epoch {best['epoch']}; test " + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
     return result

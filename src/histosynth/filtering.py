@@ -102,11 +102,9 @@ def _vitgan_critic(snapshot_path, device):
     state = load_checkpoint(snapshot_path)
     if state.get("family") != "vitgan":
         return None
-    from .models.vitgan import Critic, ViTGANConfig
+    from .unified import critic_from_state
 
-    critic = Critic(ViTGANConfig(**state["model"]))
-    critic.load_state_dict(state["D"])
-    return critic.to(device).eval()
+    return critic_from_state(state, device)
 
 
 def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labels: np.ndarray,

@@ -2,13 +2,16 @@
 
 State lives in a checkpoint directory that is NOT a declared Snakemake output
 (Snakemake deletes declared outputs before rerunning a job):
-  resume.pt          full state after the last finished epoch (overwritten each epoch)
+  resume.pt          full state after the last finished epoch (overwritten each epoch;
+                     resume.prev.pt, the epoch before, is the fallback if it is damaged)
   epoch_00101.pt ... generator snapshots for checkpoint selection (every `save_every`
                      epochs after `save_from`), with the fixed evaluation noise
 A killed job started again continues from resume.pt and, on CPU with the same seed,
 ends with exactly
 the weights of an uninterrupted run: data order and augmentation come from
 (seed, epoch), and the torch RNG state is saved with every epoch.
+Under torchrun (WORLD_SIZE > 1) the same loop runs as one rank of a
+DistributedDataParallel run: see histosynth.distributed.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from . import distributed as ddp
 from .batches import BatchIterator
-from .checkpoint import list_checkpoints, load_resume_state, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (list_checkpoints, load_resume_state, rng_state, save_checkpoint, save_resume_state,
+                         set_rng_state)
 from .classifier import pick_device
 from .errors import InputError
-from .fileio import atomic_path, write_text
+from .fileio import write_text
 
 @dataclass(frozen=True)
 class GANTrainConfig:
@@ -49,6 +54,7 @@ class GANTrainConfig:
     # range under a double backward needs loss scaling that the penalty does not tolerate well.
     amp: bool = True
     diffusion: dict = field(default_factory=dict)  # latent diffusion only: histosynth.ldm.DiffusionTrainConfig
+    code: str = ""  # hash of the stage's modules (provenance.py): edited code never resumes an old run
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -67,6 +73,15 @@ class _Adapter:
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.amp = amp
+        self.G_run, self.D_run = self.G, self.D  # what step() trains through: these, or DDP wrappers
+
+    def distribute(self, wrap) -> None:
+        """Several processes (histosynth.distributed): train through DistributedDataParallel wrappers.
+
+        The bare networks stay for state_dict and snapshots. Critics keep per-rank batch
+        statistics: SyncBatchNorm has no double backward, which the gradient penalty needs.
+        """
+        self.G_run, self.D_run = wrap(self.G), wrap(self.D, sync_bn=False)
 
     def autocast(self, x):
         return torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None)
@@ -103,18 +118,24 @@ class HistoGANAdapter(_Adapter):
         super().__init__(histogan.HistoGANConfig, histogan.build_histogan, *args, **kwargs)
         self.z_dim = self.cfg.z_dim
 
+    def distribute(self, wrap) -> None:
+        # One wrapper per stage critic (D is a ModuleList, which has no forward of its own).
+        self.G_run, self.D_run = wrap(self.G), [wrap(d, sync_bn=False) for d in self.D]
+
     def step(self, x, y, train_g: bool) -> dict:
         reals = self.h.real_pyramid(x, self.cfg.stage_sizes)
         z = torch.randn(len(x), self.z_dim, device=x.device)
         with self.autocast(x):
-            fakes = self.G(z, y)
-            d_loss, _ = self.h.critic_loss(self.D, reals, fakes, y, gp_weight=self.cfg.gp_weight)
+            fakes = self.G_run(z, y)
+            d_loss, _ = self.h.critic_loss(self.D_run, reals, fakes, y, gp_weight=self.cfg.gp_weight)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
         losses = {"d_loss": d_loss.detach()}
         if train_g:
             with self.autocast(x):
+                # The bare critics: their gradients from this loss are never used (zeroed before
+                # the next critic step), so DDP need not average them.
                 g_loss = self.h.generator_loss(self.D, fakes, y)
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
@@ -137,8 +158,8 @@ class CGANAdapter(_Adapter):
         z = torch.randn(len(x), self.z_dim, device=x.device)
         # BCE-with-logits is autocast to float32; no double backward, so bf16 is safe throughout.
         with self.autocast(x):
-            fake = self.G(z, y)
-            d_loss, g_loss = self.c.cgan_losses(self.D, x, fake, y)
+            fake = self.G_run(z, y)
+            d_loss, g_loss = self.c.cgan_losses(self.D_run, x, fake, y)
         # Both gradients first, each into its own network, then both steps: stepping D
         # before g_loss.backward() would modify tensors g_loss's graph still needs.
         self.opt_d.zero_grad(set_to_none=True)
@@ -166,8 +187,9 @@ class ViTGANAdapter(_Adapter):
     def step(self, x, y, train_g: bool) -> dict:
         z = self.v.truncated_normal((len(x), self.z_dim), self.cfg.tau, device=x.device)
         with self.autocast(x):
-            fake = self.G(z, y)  # synthetic images of the batch's own labels
-            d_loss, parts = self.v.discriminator_loss(self.D.d, self.D.mlw, x, y, fake.detach(), y,
+            fake = self.G_run(z, y)  # synthetic images of the batch's own labels
+            # D_run(x) is D.d(x); through the wrapper of all of D, so DDP also averages sigma's gradient.
+            d_loss, parts = self.v.discriminator_loss(self.D_run, self.D.mlw, x, y, fake.detach(), y,
                                                       self.cfg.gp_weight, self.cfg.confidence_lambda,
                                                       selective=self.cfg.selective)
         self.opt_d.zero_grad(set_to_none=True)
@@ -176,7 +198,7 @@ class ViTGANAdapter(_Adapter):
         losses = {"d_loss": d_loss.detach()}
         if train_g:
             with self.autocast(x):
-                g_loss = self.v.generator_loss(self.D.d, fake, y)
+                g_loss = self.v.generator_loss(self.D.d, fake, y)  # bare critic, as in HistoGAN
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
@@ -216,13 +238,23 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     if not any((e - cfg.save_from) % cfg.save_every == 0 for e in range(cfg.save_from + 1, cfg.epochs + 1)):
         raise InputError(f"save_from ({cfg.save_from}), save_every ({cfg.save_every}) and epochs ({cfg.epochs}) "
                          "leave no checkpoint to save for selection")
-    device = pick_device(cfg.device)
-    ckpt_dir = Path(ckpt_dir)
+    # Under torchrun (WORLD_SIZE > 1): one rank of a DistributedDataParallel run (histosynth.distributed).
+    device = ddp.setup(pick_device(cfg.device))
+    try:
+        return _train_gan(images, labels, num_classes, Path(ckpt_dir), losses_path, cfg, vae_path, device)
+    finally:
+        ddp.teardown()
+
+
+def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GANTrainConfig, vae_path,
+               device: torch.device) -> Path:
+    main = ddp.is_main()  # the only process, or rank 0: logs and writes every file
+    log = print if main else (lambda *a, **k: None)
     amp = amp_dtype(device, cfg.amp)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 for what stays float32 (Ampere+)
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    print(f"[train_generator] device {device}, {'autocast ' + str(amp) if amp else 'float32'}")
+    log(f"[train_generator] device {device}, {'autocast ' + str(amp) if amp else 'float32'}")
 
     def fresh_model():
         torch.manual_seed(cfg.seed)
@@ -249,44 +281,57 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
             model.load_state_dict(state)
         except (RuntimeError, ValueError, KeyError) as e:
             # Same settings, different code (the model changed since the state was saved).
-            print(f"[train_generator] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
+            log(f"[train_generator] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
             state, model = None, fresh_model()
     if state is not None:
         set_rng_state(state["rng"])
         eval_noise = state["eval_noise"]
         history, start = state["history"], state["epoch"] + 1
-        print(f"[train_generator] resuming after epoch {state['epoch']}")
-    else:
+        log(f"[train_generator] resuming after epoch {state['epoch']}")
+    elif main:
         # A fresh run: snapshots left by a run under other settings must not be scored.
         for _, old in list_checkpoints(ckpt_dir):
             old.unlink()
             print(f"[train_generator] removed stale snapshot {old}")
+    if ddp.world_size() > 1:
+        batches = ddp.shard(batches)
+        ddp.check_agree(start, "the epoch to start from (resume.pt read differently?)")
+        model.distribute(lambda module, **kw: ddp.wrap(module, device, **kw))
+        log(f"[train_generator] DistributedDataParallel over {ddp.world_size()} processes: "
+            f"batch_size {cfg.batch_size} is the global batch, split across them")
     batches.set_epoch(start - 1)
 
     for epoch in range(start, cfg.epochs + 1):
         model.train()
+        ddp.seed_epoch(cfg.seed, epoch)  # several processes: per-rank noise (a no-op in one process)
         t0, sums, n = time.perf_counter(), {}, 0
-        for i, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5)):
+        for i, (x, y) in enumerate(tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, mininterval=5,
+                                        disable=not main)):
             losses = model.step(x * 2 - 1, y, train_g=(i % cfg.n_critic == cfg.n_critic - 1))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v  # stays on device: no sync per step
             n += 1
+        sums = ddp.reduce_logged(sums, device, summed={"n_syn"})  # means over ranks (counts: sums)
         row = {"epoch": epoch, **{k: float(v) / n for k, v in sums.items()}, "seconds": time.perf_counter() - t0}
         bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
         if bad:
             raise RuntimeError(f"generator training diverged at epoch {epoch}: {', '.join(bad)} not finite "
                                f"({row}); lower the learning rate or resume from an earlier checkpoint")
         history.append(row)
-        print("[train_generator] " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
-        if epoch > cfg.save_from and (epoch - cfg.save_from) % cfg.save_every == 0:
-            save_checkpoint(ckpt_dir, epoch, {**model.snapshot(), "family": cfg.family, "eval_noise": eval_noise,
-                                              "eval_labels": eval_labels})
-        with atomic_path(ckpt_dir / "resume.pt") as tmp:
-            torch.save({"key": run_key, "epoch": epoch, **model.state_dict(),
-                        "rng": rng_state(), "eval_noise": eval_noise, "history": history}, tmp)
+        log("[train_generator] " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
+        if main:
+            if epoch > cfg.save_from and (epoch - cfg.save_from) % cfg.save_every == 0:
+                save_checkpoint(ckpt_dir, epoch, {**model.snapshot(), "family": cfg.family,
+                                                  "eval_noise": eval_noise, "eval_labels": eval_labels})
+            save_resume_state(ckpt_dir / "resume.pt", {"key": run_key, "epoch": epoch, **model.state_dict(),
+                                                       "rng": rng_state(), "eval_noise": eval_noise,
+                                                       "history": history})
+        ddp.barrier()
 
-    cols = list(history[0])
-    write_text(losses_path, "\t".join(cols) + "\n" + "".join(
-        "\t".join(f"{r.get(c, float('nan')):.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
-        for r in history))
+    if main:
+        cols = list(history[0])
+        write_text(losses_path, "\t".join(cols) + "\n" + "".join(
+            "\t".join(f"{r.get(c, float('nan')):.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
+            for r in history))
+    ddp.barrier()
     return ckpt_dir

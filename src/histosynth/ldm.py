@@ -85,6 +85,7 @@ class LDMAdapter:
         self.num_classes, self.amp = num_classes, amp
         self.train_cfg = DiffusionTrainConfig(**diffusion)
         self.cfg, self.G = build_denoiser(backbone, model_cfg, c, h, num_classes)
+        self.G_run = self.G  # what step() trains through: the denoiser, or its DDP wrapper (distribute)
         self.ema = ema_copy(self.G)
         self.opt = torch.optim.AdamW(self.G.parameters(), lr=lr, betas=betas)
         self.diffusion = Diffusion(self.train_cfg.timesteps)
@@ -96,12 +97,17 @@ class LDMAdapter:
     def train(self):
         self.G.train()
 
+    def distribute(self, wrap) -> None:
+        """Several processes (histosynth.distributed): the denoiser in DistributedDataParallel; the
+        frozen VAE needs no wrapper and the EMA follows the (identical) weights on every rank."""
+        self.G_run = wrap(self.G)
+
     def step(self, x, y, train_g: bool = True) -> dict:
         with torch.no_grad():
             mean, logvar = self.vae.encode(x)
             z = self.vae.sample_latent(mean, logvar) * self.latent_scale
         with torch.autocast(x.device.type, dtype=self.amp, enabled=self.amp is not None):
-            loss = self.diffusion.training_loss(self.G, z, y, null_label=self.num_classes,
+            loss = self.diffusion.training_loss(self.G_run, z, y, null_label=self.num_classes,
                                                 label_dropout=self.train_cfg.label_dropout)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -29,7 +29,7 @@ import pandas as pd
 
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
-from .tables import FILTER_NAMES, GENERATOR_NAMES, MISSING, best_marks, to_html, to_latex, to_markdown
+from .tables import FILTER_NAMES, MISSING, best_marks, generator_name, to_html, to_latex, to_markdown
 from .metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
 
 __all__ = [
@@ -272,14 +272,14 @@ def _items(table: pd.DataFrame, group_by: str) -> tuple[list[str], list[tuple]]:
         labels.append(label)
     rows = list(zip(*columns))
     inner = "generator" if group_by == "filter" else "filter"
-    outer_names = FILTER_NAMES if group_by == "filter" else GENERATOR_NAMES
-    inner_names = GENERATOR_NAMES if group_by == "filter" else FILTER_NAMES
+    outer_name = (lambda f: FILTER_NAMES.get(f, f)) if group_by == "filter" else generator_name
+    inner_name = generator_name if group_by == "filter" else (lambda f: FILTER_NAMES.get(f, f))
     items, current = [], None
     for i, (outer, name) in enumerate(zip(table[group_by], table[inner])):
         if outer != current:
             current = outer
-            items.append(("section", outer_names.get(outer, outer)))
-        items.append(("row", inner_names.get(name, name), list(rows[i])))
+            items.append(("section", outer_name(outer)))
+        items.append(("row", inner_name(name), list(rows[i])))
     return labels, items
 
 

@@ -8,17 +8,27 @@ into the module that does the work, so all logic stays testable outside Snakemak
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import traceback
 
-import torch
 
 from .errors import InputError
 
 
+def _threads(n: int) -> None:
+    """Import torch and cap its CPU threads. Imported here, not at the top: the table,
+    selection and data stages never use it, and its import is seconds per job."""
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def _gpu_unless_cpu(setting: str) -> str:
     """Sampling and scoring stages: CUDA when present, unless the config pins the CPU."""
+    import torch
+
     return "cuda" if setting != "cpu" and torch.cuda.is_available() else "cpu"
 
 
@@ -50,7 +60,7 @@ def split(smk):
 def train_classifier(smk):
     from .classifier import ClassifierConfig, train_classifier as train
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     synthetic = smk.input.get("synthetic")
     tags = {"generator": smk.wildcards.generator, "filter": smk.wildcards.filter} if synthetic else None
     train(smk.input.train, smk.input.subset, smk.input.valid, smk.input.test,
@@ -64,6 +74,17 @@ def train_classifier(smk):
 train_classifier_synthetic = train_classifier  # the same stage, fed a filtered synthetic set
 
 
+def evaluate_unified(smk):
+    from .unified import evaluate_unified as evaluate
+
+    _threads(smk.threads)
+    p = smk.params
+    evaluate(smk.input.scores, os.path.join(os.path.dirname(smk.input.scores), "checkpoints"), smk.input.valid,
+             smk.input.test, smk.output.metrics, smk.output.curve, generator=smk.wildcards.generator,
+             subset=str(smk.input.subset), seed=p.seed, metric=p.metric, alpha=p.alpha, criterion=p.criterion,
+             batch_size=p.batch_size, device=_gpu_unless_cpu(p.device))
+
+
 def feature_extractor(smk):
     """The domain classifier that scores generators, and the real subset's feature statistics."""
     from .classifier import ClassifierConfig, train_classifier as train
@@ -71,7 +92,7 @@ def feature_extractor(smk):
     from .split import read_subset
     from .store import read_store
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     cfg = ClassifierConfig(**smk.params.cfg)
     result = train(smk.input.train, smk.input.subset, smk.input.valid, smk.input.test,
                    metrics_path=smk.output.metrics, history_path=smk.output.history, model_path=smk.output.model,
@@ -83,16 +104,69 @@ def feature_extractor(smk):
 
 
 def train_generator(smk):
+    """In this process; a job given several GPUs (`generator.<name>.gpus`) runs one torchrun process per GPU."""
+    vae = smk.input.get("vae")
+    args = {"train": str(smk.input.train), "subset": str(smk.input.subset), "vae": str(vae) if vae else None,
+            "losses": str(smk.output.losses),
+            "ckpt_dir": os.path.join(os.path.dirname(smk.output.losses), "checkpoints"),
+            "cfg": dict(smk.params.cfg), "threads": smk.threads}
+    gpus = int(smk.resources.get("gpu", 0) or 0)
+    if gpus > 1:
+        _torchrun_train_generator(args, gpus)
+    else:
+        train_generator_job(args)
+
+
+def train_generator_job(args: dict) -> None:
+    """train_generator from plain arguments: in the stage's process, or as one torchrun rank
+    (histosynth.train_generator_ddp; gan_training joins the process group itself)."""
     from .gan_training import GANTrainConfig, train_gan
     from .split import read_subset
     from .store import read_store
 
-    torch.set_num_threads(smk.threads)
-    images, labels, class_names = read_store(smk.input.train, read_subset(smk.input.subset))
-    cfg = dict(smk.params.cfg)
+    _threads(args["threads"])
+    images, labels, class_names = read_store(args["train"], read_subset(args["subset"]))
+    cfg = dict(args["cfg"])
     cfg["betas"] = tuple(cfg["betas"])
-    train_gan(images, labels, len(class_names), os.path.join(os.path.dirname(smk.output.losses), "checkpoints"),
-              smk.output.losses, GANTrainConfig(**cfg), vae_path=smk.input.get("vae"))
+    train_gan(images, labels, len(class_names), args["ckpt_dir"], args["losses"], GANTrainConfig(**cfg),
+              vae_path=args["vae"])
+
+
+def _torchrun_train_generator(args: dict, nproc: int) -> None:
+    """`torchrun --standalone --nproc_per_node=N -m histosynth.train_generator_ddp ARGS.json`, its output
+    streamed to the log; a failure ends the stage with torchrun's exit status."""
+    import subprocess
+    from pathlib import Path
+
+    from .fileio import write_json
+
+    threads = max(1, args["threads"] // nproc)  # the job's CPU threads, shared by its ranks
+    args_path = os.path.join(os.path.dirname(args["losses"]), "train_generator_ddp.json")
+    write_json(args_path, {**args, "threads": threads})
+    # `python -m torch.distributed.run` is torchrun, from this very interpreter and environment.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "histosynth.train_generator_ddp", args_path]
+    src = str(Path(__file__).resolve().parents[1])  # the ranks run this same code, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
+           "OMP_NUM_THREADS": str(threads)}
+    print(f"[train_generator] {nproc} GPUs: {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        for line in proc.stdout:  # bytes, split at \n only: progress bars' \r stay as in-process
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:  # the stage was interrupted: take the ranks down with it
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if rc != 0:
+        print(f"histosynth train_generator: error: torchrun exited with status {rc}", file=sys.stderr, flush=True)
+        raise SystemExit(rc if rc > 0 else 128 - rc)  # killed by signal N: 128 + N, as a shell reports it
 
 
 def train_vae(smk):
@@ -100,7 +174,7 @@ def train_vae(smk):
     from .store import read_store
     from .vae_training import VAETrainConfig, train_vae as train
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     images, _, _ = read_store(smk.input.train, read_subset(smk.input.subset))
     valid, _, _ = read_store(smk.input.valid)
     train(images, valid, VAETrainConfig(**smk.params.cfg), model_path=smk.output.model,
@@ -116,7 +190,7 @@ def inception_stats(smk):
     from .split import read_subset
     from .store import read_store
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     images, _, _ = read_store(smk.input.train, read_subset(smk.input.subset))
     device = pick_device(smk.params.device)
     save_stats(smk.output.stats, extract_features(inception_extractor(smk.input.weights), images,
@@ -128,7 +202,7 @@ def score_checkpoints(smk):
     from .generate import score_checkpoints as score
     from .store import store_info
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     p = smk.params
     n_classes = len(store_info(smk.input.train).class_names)
     device = _gpu_unless_cpu(p.device)
@@ -158,7 +232,7 @@ def generate(smk):
     from .split import read_subset
     from .store import read_store
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     p = smk.params
     with open(smk.input.choice) as f:
         epoch = json.load(f)["epoch"]
@@ -182,7 +256,7 @@ def filter(smk):  # noqa: A001 (the rule is called `filter`)
     from .split import read_subset
     from .store import read_store
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     p = smk.params
     real_images, real_labels, _ = read_store(smk.input.train, read_subset(smk.input.subset))
     with open(smk.input.choice) as f:
@@ -202,7 +276,7 @@ def quality(smk):
     from .quality import plot_feature_map, write_quality
     from .store import read_extra, read_store, store_info
 
-    torch.set_num_threads(smk.threads)
+    _threads(smk.threads)
     p, w = smk.params, smk.wildcards
     n_classes = len(store_info(smk.input.train).class_names)
     device = _gpu_unless_cpu(p.device)
@@ -275,6 +349,45 @@ class _Tee:
         return False
 
 
+@contextlib.contextmanager
+def _gpu_slot(smk):
+    """A job declaring `resources: gpu=N` gets N GPUs no other job holds (gpu_slots.py).
+
+    With no CUDA device it runs on CPU only if the config's `allow_cpu` says so
+    (read here, not passed as a param, so changing it never reruns a job).
+    """
+    n = int(smk.resources.get("gpu", 0) or 0)
+    if n <= 0:
+        yield
+        return
+    from .gpu_slots import gpu_slots
+
+    with gpu_slots(n) as ids:
+        if ids:
+            print(f"GPU slot: CUDA_VISIBLE_DEVICES={','.join(ids)}", flush=True)
+        elif smk.config.get("allow_cpu", False):
+            print("GPU slot: no CUDA device found; running on CPU (allow_cpu: true)", flush=True)
+        else:
+            raise InputError(f"this job wants a GPU (resources gpu={n}) but no CUDA device was found; "
+                             "set `allow_cpu: true` in your config to run it on CPU (very slow at "
+                             "paper scale), or run on a machine with a GPU")
+        yield
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR}
+
+
+def _storage_error(e: OSError) -> bool:
+    # HDF5 reports a full disk as a plain OSError whose message carries the errno text.
+    return e.errno in _STORAGE_ERRNOS or "No space left on device" in str(e)
+
+
+def _fail_with_traceback():
+    traceback.print_exc()
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
 def run(smk) -> None:
     """Run the function named like the rule; log to the rule's log; clean errors."""
     stage = globals()[smk.rule]
@@ -284,13 +397,22 @@ def run(smk) -> None:
             contextlib.redirect_stdout(_Tee(sys.stdout, log)), \
             contextlib.redirect_stderr(_Tee(sys.stderr, log)):
         try:
-            stage(smk)
+            with _gpu_slot(smk):
+                stage(smk)
         except InputError as e:
             # A user mistake: one clear line, no traceback noise.
             print(f"histosynth {smk.rule}: error: {e}", file=sys.stderr)
             sys.stderr.flush()
             raise SystemExit(1)
-        except Exception:
-            traceback.print_exc()
+        except OSError as e:
+            if not _storage_error(e):
+                _fail_with_traceback()
+            # Full disk, quota, read-only or unwritable output directory: the machine's state, not a bug.
+            print(f"histosynth {smk.rule}: error: cannot write {e.filename or 'an output'}: {e.strerror or e}. "
+                  "Nothing half-written was kept (outputs are renamed into place only when complete) and "
+                  "finished stages are untouched: free space or fix the directory, then run snakemake again.",
+                  file=sys.stderr)
             sys.stderr.flush()
             raise SystemExit(1)
+        except Exception:
+            _fail_with_traceback()

@@ -16,6 +16,19 @@ MISSING = "—"
 
 GENERATOR_NAMES = {"histogan": "HistoGAN", "cgan": "cGAN", "ldm_unet": "LDM U-Net", "ldm_dit": "LDM DiT",
                    "vitgan": "ViT-cGAN"}
+
+
+def generator_name(name: str) -> str:
+    """Display name of a generator; a named variant of a family shows the family and its suffix
+    ("vitgan_cp_sa" -> "ViT-cGAN CP+SA", as the Table II ablation rows)."""
+    if name in GENERATOR_NAMES:
+        return GENERATOR_NAMES[name]
+    for family in sorted(GENERATOR_NAMES, key=len, reverse=True):
+        if name.startswith(family + "_"):
+            return f"{GENERATOR_NAMES[family]} {name[len(family) + 1:].upper().replace('_', '+')}"
+    return name
+
+
 FILTER_NAMES = {"none": "No image selection", "histogan": "HistoGAN selective augmentation",
                 "realism": "Realism score image selection",
                 "realism_class": "Class-based realism score image selection",

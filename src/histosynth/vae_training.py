@@ -27,7 +27,7 @@ import torch
 from tqdm import tqdm
 
 from .batches import BatchIterator
-from .checkpoint import load_resume_state, rng_state, set_rng_state
+from .checkpoint import load_resume_state, remove_resume_state, rng_state, save_resume_state, set_rng_state
 from .classifier import pick_device
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
@@ -42,6 +42,7 @@ class VAETrainConfig:
     lr: float = 1e-4  # paper (Adam)
     seed: int = 0
     device: str = "auto"
+    code: str = ""  # hash of the stage's modules (provenance.py): edited code never resumes an old run
 
 
 def build_vae_config(model: dict, image_size: int) -> VAEConfig:
@@ -172,9 +173,8 @@ def train_vae(images: np.ndarray, valid_images: np.ndarray, cfg: VAETrainConfig,
         history.append(row)
         print("[train_vae] " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if resume_path:
-            with atomic_path(resume_path) as tmp:
-                torch.save({"key": run_key, "epoch": epoch, "model": model.state_dict(),
-                            "optimizer": opt.state_dict(), "rng": rng_state(), "history": history}, tmp)
+            save_resume_state(resume_path, {"key": run_key, "epoch": epoch, "model": model.state_dict(),
+                                            "optimizer": opt.state_dict(), "rng": rng_state(), "history": history})
 
     scale, latent_mean = latent_scale_of(model, images, cfg.batch_size)
     valid = reconstruction_metrics(model, valid_images, cfg.batch_size)
@@ -193,7 +193,7 @@ def train_vae(images: np.ndarray, valid_images: np.ndarray, cfg: VAETrainConfig,
                "model": config, "device": str(device)}
     write_json(metrics_path, metrics)  # written last: its presence means the job finished
     if resume_path:
-        Path(resume_path).unlink(missing_ok=True)
+        remove_resume_state(resume_path)
     print(f"[train_vae] latent_scale={scale:.4g} valid MAE={valid['mae']:.4g} PSNR={valid['psnr']:.2f} dB")
     return metrics
 

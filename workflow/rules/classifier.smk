@@ -51,6 +51,39 @@ use rule train_classifier as train_classifier_synthetic with:
         f"{LOGS}/train_classifier/{{strategy}}_{{generator}}_{{filter}}_subset{{subset}}_seed{{seed}}.log",
 
 
+# Strategy `unified`: the ViT-cGAN critic's class head classifies the real test set
+# (vit-cgan-unified-framework.md Algorithm 1); the snapshot is picked among the scored
+# ones by FID and validation classification (§IV-B), per `unified.criterion`.
+rule evaluate_unified:
+    input:
+        scores=f"{RESULTS}/generators/{{generator}}/subset{{subset}}/checkpoint_scores.tsv",
+        valid=f"{RESULTS}/data/valid.h5",
+        test=f"{RESULTS}/data/test.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",  # the critic's training data, named in metrics.json
+    output:
+        metrics=f"{RESULTS}/classifier/unified/{{generator}}/subset{{subset}}/metrics.json",
+        curve=f"{RESULTS}/classifier/unified/{{generator}}/subset{{subset}}/checkpoint_validation.tsv",
+    params:
+        code=CODE["evaluate_unified"],
+        criterion=config["unified"]["criterion"],
+        metric=config["selection"]["metric"],
+        alpha=config["selection"]["alpha"],
+        seed=lambda w: GENERATORS[w.generator]["seed"],
+        batch_size=config["classifier"]["eval_batch_size"],
+        device=lambda w: GENERATORS[w.generator]["device"],
+    wildcard_constraints:
+        generator=one_of(UNIFIED_GENERATORS),
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/evaluate_unified/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
 rule aggregate:
     input:
         metrics=classifier_runs(),
@@ -62,10 +95,11 @@ rule aggregate:
                     caption="../report/classification_table.rst", labels={"result": "classification table"}),
         runs=f"{RESULTS}/tables/classification_runs.tsv",
     params:
+        code=CODE["aggregate"],
         backbone=config["classifier"]["backbone"],
         strategies=config["strategies"],
-        # Row order of the synthetic blocks; without synthetic strategies they do not matter.
-        generators=config["generators"] if SYNTHETIC_STRATEGIES else [],
+        # Row order of the synthetic and unified blocks; without them they do not matter.
+        generators=config["generators"] if SYNTHETIC_STRATEGIES or "unified" in config["strategies"] else [],
         filters=config["filters"] if SYNTHETIC_STRATEGIES else [],
     log:
         f"{LOGS}/aggregate.log",
@@ -82,6 +116,7 @@ rule plot_auc_by_strategy:
         plot=report(f"{RESULTS}/figures/auc_by_strategy.png", category="Classification",
                     caption="../report/auc_by_strategy.rst", labels={"result": "AUC per generator and strategy"}),
     params:
+        code=CODE["aggregate"],
         generators=config["generators"],
         filters=config["filters"],
         strategies=config["strategies"],
@@ -100,6 +135,7 @@ rule plot_synthetic_only_auc:
         plot=report(f"{RESULTS}/figures/synthetic_only_auc.png", category="Classification",
                     caption="../report/synthetic_only_auc.rst", labels={"result": "synthetic-only AUC"}),
     params:
+        code=CODE["aggregate"],
         generators=config["generators"],
         filters=config["filters"],
     log:

@@ -4,9 +4,13 @@
 import sys
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from histosynth.download import expected_files  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
+from histosynth.generators import resolve_generators  # noqa: E402
+from histosynth.provenance import code_hash  # noqa: E402
 from histosynth.prepare import resolve_options  # noqa: E402
 
 DATASET = config["dataset"]["name"]
@@ -33,22 +37,60 @@ if config["selection"]["metric"].endswith("_inception") and not INCEPTION:
                      "selection.inception_weights to name an existing file")
 SUBSETS = list(range(config["subsets"]["k"]))
 SEEDS = list(range(config["seeds"]))
-# Strategies on real data run per (subset, seed); the synthetic ones also per (generator, filter).
+# Every generator's full settings, named variants (`generator.<name>.family`) merged over
+# their family's section and checked against its schema; rules read them from here.
+try:
+    _family_schemas = yaml.safe_load(open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml"))
+    GENERATORS = resolve_generators(config["generators"], config["generator"],
+                                    _family_schemas["properties"]["generator"]["properties"])
+except InputError as e:
+    raise ValueError(str(e)) from None
+# Strategies on real data run per (subset, seed); the synthetic ones also per (generator, filter);
+# `unified` (the ViT-cGAN critic as classifier) per vitgan-family generator and subset.
 REAL_STRATEGIES = [s for s in config["strategies"] if s in ("baseline", "traditional")]
-SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if s not in REAL_STRATEGIES]
+SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if s in ("augment", "transfer", "synthetic_only")]
+UNIFIED_GENERATORS = [g for g in config["generators"] if GENERATORS[g]["family"] == "vitgan"]
 if SYNTHETIC_STRATEGIES and not (config["generators"] and config["filters"]):
     raise ValueError(f"config strategies {SYNTHETIC_STRATEGIES} train on synthetic images and need at least one "
                      "entry in `generators` and in `filters` (or keep strategies: [baseline, traditional])")
+if "unified" in config["strategies"] and not UNIFIED_GENERATORS:
+    raise ValueError("config strategies has 'unified', which tests the ViT-cGAN critic's class head: add vitgan "
+                     "(or a variant with family vitgan) to `generators`")
 STAGE = "../scripts/stage.py"
 
 
 wildcard_constraints:
     subset=r"\d+",
     seed=r"\d+",
-    generator=r"[a-z_]+",
+    generator=r"[a-z][a-z0-9_]*",
     filter="|".join(["none", "histogan", "realism_class", "realism", "confidence"]),
 
 ENV = "../../envs/histosynth.yaml"
+
+
+# The package modules each stage runs, hashed (provenance.py) and given to the rule as
+# `params.code` (or inside a trainer's cfg, where it also keys resume states): editing
+# one reruns exactly those stages and what depends on them. Shared plumbing (stages.py,
+# fileio.py, store.py, checkpoint.py) is left out: it moves files, not numbers.
+CODE = {
+    "prepare": code_hash("prepare", "tissue"),
+    "split": code_hash("split"),
+    "classifier": code_hash("classifier", "augment", "batches", "metrics"),
+    "feature_extractor": code_hash("classifier", "augment", "batches", "metrics", "features"),
+    "inception_stats": code_hash("features"),
+    "train_vae": code_hash("vae_training", "models/vae"),
+    "score_checkpoints": code_hash("generate", "features", "metrics"),
+    "select_checkpoint": code_hash("selection", "metrics"),
+    "generate": code_hash("generate"),
+    "filter": code_hash("filtering", "filters", "features", "metrics"),
+    "quality": code_hash("quality", "features", "metrics"),
+    "quality_table": code_hash("quality", "tables"),
+    "evaluate_unified": code_hash("unified", "models/vitgan", "metrics"),
+    "aggregate": code_hash("aggregate", "tables"),
+}
+FAMILY_CODE = {"histogan": ["models/histogan"], "cgan": ["models/cgan"], "vitgan": ["models/vitgan"],
+               "ldm_unet": ["ldm", "models/diffusion", "models/unet"],
+               "ldm_dit": ["ldm", "models/diffusion", "models/dit"]}
 
 
 def raw_inputs():
@@ -66,6 +108,7 @@ def classifier_params(strategy):
     cfg = dict(config["classifier"])
     cfg.pop("threads")
     cfg["augmentation"] = config["augmentation"] if strategy != "baseline" else {}
+    cfg["code"] = CODE["classifier"]
     return cfg
 
 
@@ -74,32 +117,35 @@ def extractor_params():
     cfg = classifier_params("traditional")
     cfg["backbone"] = config["selection"]["backbone"]
     cfg["epochs"] = config["selection"]["extractor_epochs"]
+    cfg["code"] = CODE["feature_extractor"]
     return cfg
 
 
 def generator_params(generator):
-    """Training settings only: sampler settings (latent diffusion) never retrain."""
-    cfg = dict(config["generator"][generator])
+    """Training settings only: sampler settings (latent diffusion) and the GPU count never retrain."""
+    cfg = dict(GENERATORS[generator])
     cfg.pop("threads")
+    cfg.pop("gpus", None)  # a resource (rule train_generator); a run resumes on any number of GPUs
     cfg.pop("sampling", None)
-    cfg["family"] = generator
+    cfg["code"] = code_hash("gan_training", *FAMILY_CODE[cfg["family"]])
     return cfg
 
 
 def sampling_params(generator):
     """Latent diffusion's sampler (steps, eta, guidance): read by scoring, generation and top-up filters."""
-    return config["generator"][generator].get("sampling", {})
+    return GENERATORS[generator].get("sampling", {})
 
 
 def vae_params():
     cfg = dict(config["vae"])
     cfg.pop("threads")
+    cfg["code"] = CODE["train_vae"]
     return cfg
 
 
 def generator_inputs(wildcards):
     """Latent diffusion trains on the subset's VAE latents."""
-    if wildcards.generator.startswith("ldm_"):
+    if GENERATORS[wildcards.generator]["family"].startswith("ldm_"):
         return {"vae": f"{RESULTS}/vae/subset{wildcards.subset}/vae.pt"}
     return {}
 
@@ -134,7 +180,9 @@ def classifier_runs():
         f"{RESULTS}/classifier/{{strategy}}/{{generator}}/{{filter}}/subset{{subset}}/seed{{seed}}/metrics.json",
         strategy=SYNTHETIC_STRATEGIES, generator=config["generators"], filter=config["filters"],
         subset=SUBSETS, seed=SEEDS)
-    return real + synthetic
+    unified = expand(f"{RESULTS}/classifier/unified/{{generator}}/subset{{subset}}/metrics.json",
+                     generator=UNIFIED_GENERATORS if "unified" in config["strategies"] else [], subset=SUBSETS)
+    return real + synthetic + unified
 
 
 def one_of(names):

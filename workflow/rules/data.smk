@@ -6,6 +6,7 @@ if DATASET != "folder":
         output:
             [directory(p) if DATASET == "nct_crc_he" else p for p in raw_inputs()],
         params:
+            # No `code` param: the checksums pin the data, so edited download code never refetches it.
             name=DATASET,
             base_url=config["dataset"]["download"]["base_url"],
             checksums=config["dataset"]["download"]["checksums"],
@@ -30,6 +31,7 @@ rule prepare:
         counts=f"{RESULTS}/data/patch_counts.tsv",
         figures=DEMO_FIGURES,
     params:
+        code=CODE["prepare"],
         name=DATASET,
         classes=config["dataset"]["classes"],
         image_size=config["dataset"]["image_size"],
@@ -49,6 +51,7 @@ rule split:
         subsets=expand(f"{RESULTS}/subsets/subset{{k}}.npy", k=SUBSETS),
         counts=f"{RESULTS}/subsets/subset_counts.tsv",
     params:
+        code=CODE["split"],
         fraction=config["subsets"]["fraction"],
         seed=config["subsets"]["seed"],
     log:

@@ -16,14 +16,15 @@ rule filter:
         selected=f"{FILT}/selected.h5",
         summary=f"{FILT}/summary.json",
     params:
+        code=CODE["filter"],
         cfg=lambda w: filter_params(w.filter),
         backbone=config["selection"]["backbone"],
-        device=lambda w: config["generator"][w.generator]["device"],
+        device=lambda w: GENERATORS[w.generator]["device"],
         # Only the threshold filters generate beyond the pool.
         sampling=lambda w: sampling_params(w.generator) if w.filter in ("realism", "realism_class", "confidence") else {},
     threads: config["classifier"]["threads"]
     resources:
-        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/filter/{{generator}}_subset{{subset}}_{{filter}}.log",
     conda:
@@ -46,13 +47,14 @@ rule quality:
                     caption="../report/feature_map.rst",
                     labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
     params:
+        code=CODE["quality"],
         quality=config["quality"],
         backbone=config["selection"]["backbone"],
         batch_size=config["selection"]["batch_size"],
-        device=lambda w: config["generator"][w.generator]["device"],
+        device=lambda w: GENERATORS[w.generator]["device"],
     threads: config["classifier"]["threads"]
     resources:
-        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/quality/{{generator}}_subset{{subset}}_{{filter}}.log",
     conda:
@@ -76,6 +78,7 @@ rule quality_table:
         html=report(f"{RESULTS}/tables/quality.html", category="Synthetic image quality",
                     caption="../report/quality_table.rst", labels={"result": "quality table"}),
     params:
+        code=CODE["quality_table"],
         generators=config["generators"],
         filters=config["filters"],
     log:

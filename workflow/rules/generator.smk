@@ -38,6 +38,7 @@ rule inception_stats:
     output:
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/inception_stats.npz",
     params:
+        code=CODE["inception_stats"],
         batch_size=config["selection"]["batch_size"],
         device=config["classifier"]["device"],
     threads: config["classifier"]["threads"]
@@ -82,9 +83,10 @@ rule train_generator:
         losses=f"{GEN}/losses.tsv",
     params:
         cfg=lambda w: generator_params(w.generator),
-    threads: lambda w: config["generator"][w.generator]["threads"]
+    threads: lambda w: GENERATORS[w.generator]["threads"]
     resources:
-        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+        # `gpus` > 1: one torchrun process per GPU (DistributedDataParallel, histosynth.distributed).
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else GENERATORS[w.generator].get("gpus", 1),
     log:
         f"{LOGS}/train_generator/{{generator}}_subset{{subset}}.log",
     conda:
@@ -103,15 +105,16 @@ rule score_checkpoints:
     output:
         scores=f"{GEN}/checkpoint_scores.tsv",
     params:
+        code=CODE["score_checkpoints"],
         backbone=config["selection"]["backbone"],
         images_per_class=config["selection"]["images_per_class"],
         batch_size=config["selection"]["batch_size"],
         seed=config["selection"]["seed"],
-        device=lambda w: config["generator"][w.generator]["device"],
+        device=lambda w: GENERATORS[w.generator]["device"],
         sampling=lambda w: sampling_params(w.generator),
     threads: config["classifier"]["threads"]
     resources:
-        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/score_checkpoints/{{generator}}_subset{{subset}}.log",
     conda:
@@ -129,6 +132,7 @@ rule select_checkpoint:
                     caption="../report/fid_curve.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
         choice=f"{GEN}/selected.json",
     params:
+        code=CODE["select_checkpoint"],
         alpha=config["selection"]["alpha"],
         metric=config["selection"]["metric"],
     log:
@@ -149,15 +153,16 @@ rule generate:
         grid=report(f"{GEN}/samples.png", category="Synthetic samples", subcategory="{generator}",
                     caption="../report/samples.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
     params:
+        code=CODE["generate"],
         ratio=config["generation"]["ratio"],
         pool_factor=config["generation"]["pool_factor"],
         batch_size=config["generation"]["batch_size"],
         seed=config["generation"]["seed"],
-        device=lambda w: config["generator"][w.generator]["device"],
+        device=lambda w: GENERATORS[w.generator]["device"],
         sampling=lambda w: sampling_params(w.generator),
     threads: config["classifier"]["threads"]
     resources:
-        gpu=lambda w: 0 if config["generator"][w.generator]["device"] == "cpu" else 1,
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/generate/{{generator}}_subset{{subset}}.log",
     conda:
