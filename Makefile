@@ -23,7 +23,7 @@ demo: $(VENV)/.installed
 	@echo; echo "Report with every table and figure: results/demo/report.html"
 
 test: $(VENV)/.installed
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests  # one worker per core; a file stays on one worker (its micro run is shared)
 
 dryrun: $(VENV)/.installed
 	$(BIN)/snakemake -n --quiet rules
