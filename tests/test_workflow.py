@@ -96,13 +96,16 @@ def scheduled_jobs(proc) -> dict[str, int]:
     return jobs
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("micro")
-    checksums = write_pcam_mirror(tmp / "mirror")
-    config = micro_config(tmp, checksums)
+def finished_micro_run(tmp: Path) -> tuple[Path, dict]:
+    """The micro config run to the end in `tmp` (a module's shared starting point)."""
+    config = micro_config(tmp, write_pcam_mirror(tmp / "mirror"))
     snakemake(tmp, config)
     return tmp, config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    return finished_micro_run(tmp_path_factory.mktemp("micro"))
 
 
 @pytest.mark.slow

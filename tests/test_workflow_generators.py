@@ -20,17 +20,12 @@ import pytest
 import torch
 
 from histosynth.store import read_store
-from test_workflow import (GAN_MICRO, REPO, micro_config, scheduled_jobs, snakemake, snakemake_command,
-                           write_pcam_mirror)
+from test_workflow import GAN_MICRO, REPO, finished_micro_run, scheduled_jobs, snakemake, snakemake_command
 
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("micro_generators")
-    checksums = write_pcam_mirror(tmp / "mirror")
-    config = micro_config(tmp, checksums)
-    snakemake(tmp, config)
-    return tmp, config
+    return finished_micro_run(tmp_path_factory.mktemp("micro_generators"))
 
 
 LDM_MICRO = {
