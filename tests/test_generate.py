@@ -65,3 +65,58 @@ def test_pool_counts_seeds_and_regeneration(trained, tmp_path):
     again = sample_images(load_generator(snap), labels[6:7], seeds[6:7])
     np.testing.assert_array_equal(again[0], images[6])
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bn_generator_samples_with_standing_statistics(tmp_path):
+    """Eval-mode samples of a batch-norm generator must look like its train-mode samples.
+
+    A fresh HistoGAN's running statistics (mean 0, var 1) are far from its batch statistics,
+    as a trained one's lag behind its weights; load_generator recomputes them. Per-channel
+    image mean/std of 256 samples then match train mode, where the stale statistics miss."""
+    import torch
+    from dataclasses import asdict
+
+    from histosynth.models.histogan import Generator, HistoGANConfig
+
+    torch.manual_seed(0)
+    G = Generator(HistoGANConfig(image_size=32, num_classes=2, **TINY))
+    torch.save({"family": "histogan", "model": asdict(G.cfg), "G": G.state_dict()}, tmp_path / "snap.pt")
+    g = torch.Generator().manual_seed(1)
+    z, y = torch.randn(256, G.cfg.z_dim, generator=g), torch.randint(0, 2, (256,), generator=g)
+
+    def stats(model):
+        with torch.no_grad():
+            x = model(z, y)[-1]
+        return torch.cat([x.mean((0, 2, 3)), x.std((0, 2, 3))])
+
+    train_mode = stats(G.train())
+    stale = stats(G.eval())
+    standing = stats(load_generator(tmp_path / "snap.pt"))
+    assert (standing - train_mode).abs().max() < 0.02
+    assert (stale - train_mode).abs().max() > 0.05
+    # deterministic: loading twice gives the same images
+    G2 = load_generator(tmp_path / "snap.pt")
+    assert torch.equal(stats(G2), standing)
+
+
+def test_scoring_latents_are_never_pool_latents(trained, tmp_path, monkeypatch):
+    """The images a snapshot is chosen on must not be its pool's first images (same default seed 0)."""
+    import histosynth.generate as gen
+
+    tmp, x = trained
+    drawn = []
+    real_sample = gen.sample_images
+    monkeypatch.setattr(gen, "sample_images", lambda G, labels, seeds, *a, **k: drawn.append(seeds.copy())
+                        or real_sample(G, labels, seeds, *a, **k))
+    feats = extract_features(MeanColour(), x)
+    mu, sigma = gaussian_stats(feats)
+    gen.score_checkpoints(tmp / "ckpt", {"domain": (MeanColour(), {"mu": mu, "sigma": sigma, "features": feats})},
+                          {0: 6, 1: 6}, tmp_path / "scores.tsv", seed=0)
+    gen.generate_pool(tmp / "ckpt/epoch_00003.pt", {0: 6, 1: 6}, ["a", "b"], tmp_path / "pool.h5", seed=0)
+    scoring, pool = drawn[0], drawn[-1]
+    assert all(np.array_equal(d, scoring) for d in drawn[:-1])  # every snapshot on the same latents
+    assert not set(scoring) & set(pool)
+    # and for any seeds the schema allows, with top-up draws of up to 2**40 images past a pool
+    top = gen.image_seeds(2**31 - 1, 1)[0] + 2**40
+    assert top < gen.image_seeds(0, 1, gen.SCORING_STREAM)[0]
+    assert gen.image_seeds(2**31 - 1, 10, gen.SCORING_STREAM).max() < np.iinfo(np.int64).max

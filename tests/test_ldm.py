@@ -71,7 +71,7 @@ def test_trains_resumes_to_the_same_weights_and_samples(tmp_path, monkeypatch, v
     assert set(full["vae"]) >= {"model", "state", "latent_scale"}
 
     snapshot = tmp_path / "full/epoch_00003.pt"
-    for sampling in ({"steps": 5}, {"steps": 1}, {"method": "ddpm"}):
+    for sampling in ({"steps": 5}, {"steps": 2, "clip_x0": None}, {"method": "ddpm", "clip_x0": 0.5}):
         G = load_generator(snapshot, "cpu", sampling)
         images = sample_images(G, np.array([0, 1, 0]), np.array([7, 8, 9]), 2, "cpu")
         assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
@@ -93,5 +93,12 @@ def test_latent_diffusion_needs_its_vae(tmp_path):
 def test_bad_sampler_settings_are_a_clear_error(tmp_path, vae_path):
     x, y = data()
     train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg("ldm_dit", epochs=2), vae_path=vae_path)
-    with pytest.raises(InputError, match="sampling"):
-        load_generator(tmp_path / "c/epoch_00002.pt", "cpu", {"method": "euler"})
+    for bad in ({"method": "euler"}, {"steps": 1}, {"clip_x0": -1}, {"clip_x0": "max"}):
+        with pytest.raises(InputError, match="sampling"):
+            load_generator(tmp_path / "c/epoch_00002.pt", "cpu", bad)
+    # auto: the clamp is the VAE's latent range; a number overrides it, null turns it off
+    vae_range = torch.load(vae_path, weights_only=True)["latent_range"]
+    snapshot = tmp_path / "c/epoch_00002.pt"
+    assert load_generator(snapshot, "cpu").clip_x0 == vae_range > 0
+    assert load_generator(snapshot, "cpu", {"clip_x0": 2.5}).clip_x0 == 2.5
+    assert load_generator(snapshot, "cpu", {"clip_x0": None}).clip_x0 is None

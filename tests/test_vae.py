@@ -129,7 +129,7 @@ def test_train_writes_outputs_and_load_round_trips(tmp_path):
     assert saved["valid_psnr"] == pytest.approx(10 * np.log10(1 / saved["valid_mse"]))
 
     ckpt = torch.load(tmp_path / "a.pt", weights_only=True)
-    assert set(ckpt) == {"model", "state", "latent_scale", "epoch"} and ckpt["epoch"] == 2
+    assert set(ckpt) == {"model", "state", "latent_scale", "latent_range", "epoch"} and ckpt["epoch"] == 2
     vae, scale = load_vae(tmp_path / "a.pt")
     assert not vae.training and scale == metrics["latent_scale"]
     assert vae.cfg == VAEConfig(image_size=16, **TINY)
@@ -137,6 +137,8 @@ def test_train_writes_outputs_and_load_round_trips(tmp_path):
     # the scale makes the training latents unit-variance
     z = vt.encode_images(vae, x) * scale
     assert z.shape == (8, 2, 8, 8) and z.double().std().item() == pytest.approx(1.0, rel=1e-3)
+    # latent_range, the samplers' default x0 clamp, is the largest |scaled training latent|
+    assert ckpt["latent_range"] == pytest.approx(z.abs().max().item(), rel=1e-5) == saved["latent_range"]
 
 
 def test_killed_run_resumes_to_identical_weights(tmp_path, monkeypatch):

@@ -38,12 +38,20 @@ class SamplingConfig:
     steps: int = 50  # DDIM steps
     eta: float = 0.0  # DDIM: 0 = deterministic given the initial noise
     guidance_scale: float = 1.0  # classifier-free guidance; 1.0 = off (the paper's setting)
+    # Clamp every x0 prediction to [-c, c]: "auto" = the largest |latent| of the VAE's training
+    # subset (vae.pt's latent_range), a number = that c, None = no clamp. A lightly trained
+    # denoiser's x0 predictions at high noise have several times the latents' spread, and the
+    # decoder turns those into saturated blotches; guided-diffusion clamps to the pixel range.
+    clip_x0: float | str | None = "auto"
 
     def __post_init__(self):
         if self.method not in ("ddim", "ddpm"):
             raise ValueError(f"sampling.method must be ddim or ddpm, got {self.method!r}")
-        if self.steps < 1:
-            raise ValueError(f"sampling.steps must be >= 1, got {self.steps}")
+        if self.steps < 2:
+            raise ValueError(f"sampling.steps must be >= 2, got {self.steps}")
+        c = self.clip_x0
+        if not (c is None or c == "auto" or (isinstance(c, (int, float)) and not isinstance(c, bool) and c > 0)):
+            raise ValueError(f"sampling.clip_x0 must be 'auto', a positive number or null, got {c!r}")
 
 
 def build_denoiser(backbone: str, model_cfg: dict, in_channels: int, input_size: int, num_classes: int):
@@ -142,6 +150,8 @@ class LatentDiffusionGenerator(nn.Module):
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**(sampling or {}))
         self.latent_shape = (c, h, h)
         self.z_dim = c * h * h  # what histosynth.generate draws per image
+        clip = self.sampling.clip_x0
+        self.clip_x0 = state["vae"].get("latent_range") if clip == "auto" else clip
 
     @torch.no_grad()
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -150,7 +160,8 @@ class LatentDiffusionGenerator(nn.Module):
         null = self.cfg.num_classes
         if s.method == "ddim":
             latents = self.diffusion.ddim_sample(self.denoiser, noise, y, steps=s.steps, eta=s.eta,
-                                  guidance_scale=s.guidance_scale, null_label=null)
+                                                 guidance_scale=s.guidance_scale, null_label=null,
+                                                 clip_x0=self.clip_x0)
         else:
             # Ancestral noise per image from a seed derived from that image's own z: an image
             # is the same whatever batch it is generated in.
@@ -160,6 +171,6 @@ class LatentDiffusionGenerator(nn.Module):
             def noise_fn(step, shape):
                 return torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(z.device)
 
-            latents = self.diffusion.ddpm_sample(self.denoiser, noise, y, guidance_scale=s.guidance_scale, null_label=null,
-                                  noise_fn=noise_fn)
+            latents = self.diffusion.ddpm_sample(self.denoiser, noise, y, guidance_scale=s.guidance_scale,
+                                                 null_label=null, clip_x0=self.clip_x0, noise_fn=noise_fn)
         return self.vae.decode(latents / self.latent_scale).clamp(-1, 1)

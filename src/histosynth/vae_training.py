@@ -66,8 +66,8 @@ def encode_images(vae: VAE, images: np.ndarray, batch_size: int = 64) -> torch.T
 
 
 @torch.no_grad()
-def latent_scale_of(vae: VAE, images: np.ndarray, batch_size: int) -> tuple[float, float]:
-    """(1 / std, mean) over all elements of the posterior means of `images`.
+def latent_scale_of(vae: VAE, images: np.ndarray, batch_size: int) -> tuple[float, float, float]:
+    """(1 / std, mean, largest |element|) over all elements of the posterior means of `images`.
 
     Computed from running float64 sums rather than a stored latent set (a 10% PCam
     subset at 4x is ~240 MB of latents). The means, not posterior samples: with
@@ -75,15 +75,16 @@ def latent_scale_of(vae: VAE, images: np.ndarray, batch_size: int) -> tuple[floa
     """
     vae.eval()
     device = next(vae.parameters()).device
-    total, sq, n = 0.0, 0.0, 0
+    total, sq, n, peak = 0.0, 0.0, 0, 0.0
     for x, _ in _batches(images, batch_size, device, shuffle=False):
         m = vae.encode(x * 2 - 1)[0].double()
         total, sq, n = total + float(m.sum()), sq + float(m.pow(2).sum()), n + m.numel()
+        peak = max(peak, float(m.abs().max()))
     mean = total / n
     std = math.sqrt(max(sq / n - mean**2, 0.0))
     if not std > 0:
         raise RuntimeError("VAE latents have zero variance: cannot compute the latent scale factor")
-    return 1.0 / std, mean
+    return 1.0 / std, mean, peak
 
 
 @torch.no_grad()
@@ -106,7 +107,7 @@ def train_vae(images: np.ndarray, valid_images: np.ndarray, cfg: VAETrainConfig,
     """Train the VAE on uint8 NHWC `images`; write weights, per-epoch losses and metrics; return the metrics.
 
     model_path: torch file {"model": VAEConfig fields, "state": state dict, "latent_scale",
-    "epoch"} (loads with weights_only=True; see load_vae). losses_path: TSV epoch, loss,
+    "latent_range", "epoch"} (loads with weights_only=True; see load_vae). losses_path: TSV epoch, loss,
     recon, kl, seconds. metrics_path: JSON with the validation reconstruction error of
     `valid_images`, written last (its presence means the job finished).
     """
@@ -176,18 +177,19 @@ def train_vae(images: np.ndarray, valid_images: np.ndarray, cfg: VAETrainConfig,
             save_resume_state(resume_path, {"key": run_key, "epoch": epoch, "model": model.state_dict(),
                                             "optimizer": opt.state_dict(), "rng": rng_state(), "history": history})
 
-    scale, latent_mean = latent_scale_of(model, images, cfg.batch_size)
+    scale, latent_mean, peak = latent_scale_of(model, images, cfg.batch_size)
+    latent_range = peak * scale  # largest |scaled latent|: the default x0 clamp of the samplers (histosynth.ldm)
     valid = reconstruction_metrics(model, valid_images, cfg.batch_size)
     config = asdict(vcfg)
     config["channel_mults"] = list(vcfg.channel_mults)
     with atomic_path(model_path) as tmp:
         torch.save({"model": config, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "latent_scale": scale, "epoch": cfg.epochs}, tmp)
+                    "latent_scale": scale, "latent_range": latent_range, "epoch": cfg.epochs}, tmp)
     cols = ["epoch", "loss", "recon", "kl", "seconds"]
     write_text(losses_path, "\t".join(cols) + "\n" + "".join(
         "\t".join(str(r[c]) if c == "epoch" else f"{r[c]:.6g}" for c in cols) + "\n" for r in history))
     metrics = {"valid_mae": valid["mae"], "valid_mse": valid["mse"], "valid_psnr": valid["psnr"],
-               "latent_scale": scale, "latent_mean": latent_mean,
+               "latent_scale": scale, "latent_mean": latent_mean, "latent_range": latent_range,
                "latent_shape": [vcfg.latent_channels, vcfg.latent_size, vcfg.latent_size],
                "n_train": int(len(images)), "n_valid": int(len(valid_images)), "epochs": cfg.epochs,
                "model": config, "device": str(device)}

@@ -33,7 +33,12 @@ class CGANConfig:
     kernel_size: int = 4  # paper: (4, 4) in G and D
     leaky_slope: float = 0.2  # paper (G; D's slope unstated, same value assumed)
     channels: int = 3  # RGB
-    init_std: float = 0.02  # paper silent; DCGAN N(0, 0.02) init, the standard for this family
+    # Paper silent. None = He init (std = gain / sqrt(fan-in), the fan-in of a stride-2
+    # transposed conv being in * (k / 2)^2): activations keep their scale through the stack.
+    # DCGAN's N(0, 0.02) (init_std: 0.02) shrinks them ~3x per deconv without normalisation: at
+    # 128 filters and 128 px the output std at init is ~1e-3, D wins within ~400 steps and G
+    # freezes (docs/benchmarks.md, "Generator convergence").
+    init_std: float | None = None
     # optimisation defaults (used by the training loop, kept here so one config carries the paper)
     lr: float = 2e-4
     beta1: float = 0.5
@@ -47,6 +52,8 @@ class CGANConfig:
             if f.name in ints:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"CGANConfig.{f.name} must be a positive int, got {v!r}")
+            elif f.name == "init_std" and v is None:
+                continue
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"CGANConfig.{f.name} must be a finite number, got {v!r}")
         if self.image_size < 2**NUM_UP:
@@ -58,8 +65,8 @@ class CGANConfig:
             raise ValueError(f"CGANConfig.kernel_size must be even, got {self.kernel_size}")
         if not 0 <= self.leaky_slope < 1:
             raise ValueError(f"CGANConfig.leaky_slope must be in [0, 1), got {self.leaky_slope}")
-        if self.init_std <= 0 or self.lr <= 0:
-            raise ValueError(f"CGANConfig.{'init_std' if self.init_std <= 0 else 'lr'} must be > 0")
+        if (self.init_std is not None and self.init_std <= 0) or self.lr <= 0:
+            raise ValueError(f"CGANConfig.{'lr' if self.lr <= 0 else 'init_std'} must be > 0")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"CGANConfig.{name} must be in [0, 1), got {getattr(self, name)}")
@@ -75,11 +82,20 @@ class CGANConfig:
         return self.start_size * 2**NUM_UP
 
 
-def _init(module: nn.Module, std: float) -> None:
+def _init(module: nn.Module, std: float | None, slope: float) -> None:
+    """N(0, std) weights, or He-scaled ones when std is None; zero biases."""
+    gain = math.sqrt(2.0 / (1.0 + slope**2))  # LeakyReLU (Kaiming He et al. 2015)
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, std)
-            nn.init.zeros_(m.bias)
+        if isinstance(m, nn.Linear):
+            fan_in = m.in_features
+        elif isinstance(m, nn.ConvTranspose2d):  # each output pixel sums in * (k / stride)^2 inputs
+            fan_in = m.in_channels * (m.kernel_size[0] // m.stride[0]) * (m.kernel_size[1] // m.stride[1])
+        elif isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            continue
+        nn.init.normal_(m.weight, 0.0, gain / math.sqrt(fan_in) if std is None else std)
+        nn.init.zeros_(m.bias)
 
 
 def _labels(y: torch.Tensor | int, n: int, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -107,7 +123,7 @@ class Generator(nn.Module):
         # RGB conv (3x3 'same', as in the Keras cGAN recipe this architecture follows).
         layers += [nn.Conv2d(f, cfg.channels, 3, padding=1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        _init(self, cfg.init_std)
+        _init(self, cfg.init_std, cfg.leaky_slope)
 
     @property
     def device(self) -> torch.device:
@@ -147,7 +163,7 @@ class Discriminator(nn.Module):
         for _ in range(NUM_UP):  # conv arithmetic: floor((n + 2p - k) / 2) + 1 == n // 2 for even k
             side //= 2
         self.head = nn.Linear(f * side * side, 1)  # "flattened and then fed into a sigmoid output"
-        _init(self, cfg.init_std)
+        _init(self, cfg.init_std, cfg.leaky_slope)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape
