@@ -33,7 +33,7 @@ rule all:
             f"{RESULTS}/generators/{{generator}}/subset{{subset}}/{{out}}",
             generator=config["generators"],
             subset=SUBSETS,
-            out=["pool.h5", "samples.png", "fid_curve.png"],
+            out=["pool.h5", "samples.png", "fid_curve.png", "convergence.json"],
         ),
         expand(
             f"{RESULTS}/generators/{{generator}}/subset{{subset}}/filters/{{filter}}/feature_map.png",

@@ -243,8 +243,8 @@ def test_paired_differences_and_p_values_match_scipy(tmp_path):
     # The TSV holds the same numbers (p-values in significant digits, not rounded to 0).
     tsv = pd.read_csv(outputs(tmp_path)[0], sep="\t", keep_default_na=False, na_values=["NaN"])
     np.testing.assert_allclose(tsv.auc_p.to_numpy(dtype=float), table.auc_p.to_numpy(dtype=float), rtol=1e-5)
-    assert list(tsv.columns[-17:]) == ["n_pairs"] + [f"{m}_{c}" for m in METRICS
-                                                     for c in ("diff", "diff_std", "p", "p_wilcoxon")]
+    assert list(tsv.columns[-18:]) == ["n_pairs"] + [f"{m}_{c}" for m in METRICS
+                                                     for c in ("diff", "diff_std", "p", "p_wilcoxon")] + ["converged"]
 
 
 def test_unpaired_constant_and_missing_reference_rows():

@@ -24,7 +24,10 @@ def test_domain_extractor_gives_penultimate_features(tmp_path):
     with torch.no_grad():
         h = net.maxpool(net.relu(net.bn1(net.conv1((x - model.mean) / model.std))))
         h = net.avgpool(net.layer4(net.layer3(net.layer2(net.layer1(h))))).flatten(1)
+    # scaled to root-mean-square 1 per dimension: the KID kernel's argument is a cosine
+    h = h * np.sqrt(512) / h.norm(dim=1, keepdim=True)
     np.testing.assert_allclose(feats, h.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose((feats**2).mean(1), 1.0, rtol=1e-5)
     with pytest.raises(InputError, match="classes"):
         domain_extractor(tmp_path / "model.pt", "resnet18", 3)
 

@@ -48,8 +48,10 @@ def test_score_every_snapshot(trained, tmp_path):
     np.testing.assert_allclose(table.fid, table.fid_inception)
     np.testing.assert_allclose(table.kid, table.kid_inception)
     written = pd.read_csv(tmp_path / "scores.tsv", sep="\t")
-    assert list(written.columns) == ["epoch", "fid", "kid", "kid_std", "fid_inception", "kid_inception",
-                                     "kid_inception_std"]
+    assert list(written.columns) == ["epoch", "fid", "kid", "kid_std", "precision", "recall", "fid_inception",
+                                     "kid_inception", "kid_inception_std", "precision_inception", "recall_inception"]
+    assert ((0 <= table.precision) & (table.precision <= 1) & (0 <= table.recall) & (table.recall <= 1)).all()
+    np.testing.assert_allclose(table.precision, table.precision_inception)
 
 
 def test_pool_counts_seeds_and_regeneration(trained, tmp_path):

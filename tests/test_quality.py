@@ -298,3 +298,43 @@ def test_plot_errors(tmp_path):
     with pytest.raises(InputError, match="method"):
         plot_feature_map(real, sel, rej, p, method="umap")
     assert not p.exists()
+
+
+def test_reference_row_ratio_vae_bound_and_convergence_flags(tmp_path):
+    """The table checks itself: a real-vs-real row per subset, FID as a multiple of it,
+    the VAE bound on latent-diffusion rows, and flags on generators that failed the verdict."""
+    rng = np.random.default_rng(1)
+    paths, refs, verdicts, vaes, rows = [], [], [], [], []
+    for s in range(3):
+        ref = {"fid": 20 + rng.random(), "kid": 0.001, "kid_std": 0.0, "precision": 0.8, "recall": 0.85, "f1": 0.82}
+        (tmp_path / f"ref{s}.json").write_text(json.dumps({"subset": s, "kept": {"domain": ref}, "scoring": {}}))
+        refs.append(tmp_path / f"ref{s}.json")
+        (tmp_path / f"vae{s}.json").write_text(json.dumps({"subset": s, "domain": {"fid": 25.0 + s}}))
+        vaes.append(tmp_path / f"vae{s}.json")
+        for gen, fid in (("cgan", 200 + rng.random()), ("ldm_dit", 50 + rng.random())):
+            d = {"fid": fid, "kid": 0.01, "precision": 0.5, "recall": 0.4, "f1": f1_score(0.5, 0.4)}
+            paths.append(write_json(tmp_path, gen, "none", s, d))
+            rows.append({"generator": gen, "subset": s, "ratio": fid / ref["fid"], "ref": ref["fid"]})
+            v = tmp_path / f"conv_{gen}{s}.json"
+            v.write_text(json.dumps({"generator": gen, "subset": s, "converged": gen != "cgan" or s == 0,
+                                     "rule": "FID <= 5x the real-vs-real FID and recall >= 10 %"}))
+            verdicts.append(v)
+    out = outputs(tmp_path)
+    table = aggregate_quality(paths, *out, tmp_path / "tables/quality.html", reference_paths=refs,
+                              convergence_paths=verdicts, vae_paths=vaes, latent_generators=["ldm_dit"])
+    df = pd.DataFrame(rows)
+    assert table.generator.tolist() == ["real", "cgan", "ldm_dit"]
+    ratio = df[df.generator == "cgan"].ratio
+    assert table.loc[1, "domain_fid_ratio_mean"] == pytest.approx(ratio.mean())
+    assert table.loc[1, "domain_fid_ratio_std"] == pytest.approx(ratio.std(ddof=1))
+    assert table.loc[0, "domain_fid_mean"] == pytest.approx(df.drop_duplicates("subset")["ref"].mean())
+    assert table.loc[0, "domain_fid_ratio_mean"] == 1.0
+    assert table.loc[2, "vae_fid_mean"] == pytest.approx(26.0) and np.isnan(table.loc[1, "vae_fid_mean"])
+    md = out[1].read_text()
+    lines = md.splitlines()
+    assert lines[0].split(" | ")[1:3] == ["FID ↓", "FID ×real ↓"] and "VAE rec. FID ↓ |" in lines[0]
+    assert lines[2].startswith("| *Reference* |") and lines[3].startswith("| Real (validation vs training subset) |")
+    assert "**" not in lines[3]  # the reference is not a competitor
+    assert "| cGAN ⚠ not converged (2 of 3 subsets) |" in md and "| LDM DiT |" in md
+    assert "⚠ not converged: cGAN" in md and "noise, not evidence" in md
+    assert "⚠ not converged" in (tmp_path / "tables/quality.html").read_text()

@@ -288,10 +288,12 @@ def paired_comparison(runs: pd.DataFrame, reference: str = "traditional", *, str
 # Tables
 
 
-def _row_name(strategy: str, generator: str) -> str:
+def _row_name(strategy: str, generator: str, convergence=None) -> str:
+    """Display name; rows trained on a not-converged generator's images carry the flag."""
     if not generator:
         return STRATEGY_NAMES.get(strategy, strategy)
-    return f"{generator_name(generator)} {STRATEGY_SUFFIX.get(strategy, strategy)}"
+    name = f"{generator_name(generator)} {STRATEGY_SUFFIX.get(strategy, strategy)}"
+    return tables.flag(name, (convergence or {}).get(generator)) if strategy in SYNTHETIC_STRATEGIES else name
 
 
 def _p_text(p: float) -> str:
@@ -300,7 +302,7 @@ def _p_text(p: float) -> str:
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
-def _items(table: pd.DataFrame, reference: str) -> tuple[list[str], list[tuple]]:
+def _items(table: pd.DataFrame, reference: str, convergence=None) -> tuple[list[str], list[tuple]]:
     """Column labels and table items (see histosynth.tables): a section per filter block
     (real-data rows come first without one, as in Table 2), a row per group.
 
@@ -328,7 +330,7 @@ def _items(table: pd.DataFrame, reference: str) -> tuple[list[str], list[tuple]]
         if section != current:
             current = section
             items.append(("section", section))
-        items.append(("row", _row_name(s, g), list(rows[i])))
+        items.append(("row", _row_name(s, g, convergence), list(rows[i])))
     return labels, items
 
 
@@ -341,11 +343,15 @@ def _note(table: pd.DataFrame, reference: str) -> str:
                if (table["strategy"] == "unified").any() else ""))
 
 
-def render(table: pd.DataFrame, title: str, fmt: str, reference: str = "traditional") -> str:
-    """The summary + paired table as 'markdown', 'latex' or 'html'."""
-    labels, items = _items(table, reference)
+def render(table: pd.DataFrame, title: str, fmt: str, reference: str = "traditional", convergence=None) -> str:
+    """The summary + paired table as 'markdown', 'latex' or 'html'; `convergence`
+    (tables.read_convergence) flags the rows trained on not-converged generators' images."""
+    labels, items = _items(table, reference, convergence)
+    trained_on = set(table["generator"][table["strategy"].isin(SYNTHETIC_STRATEGIES)])
+    note = " ".join(filter(None, [_note(table, reference), tables.convergence_note(
+        {g: v for g, v in (convergence or {}).items() if g in trained_on})]))
     return {"markdown": tables.to_markdown, "latex": tables.to_latex, "html": tables.to_html}[fmt](
-        title, labels, items, _note(table, reference))
+        title, labels, items, note)
 
 
 def _tsv(table: pd.DataFrame) -> str:
@@ -358,11 +364,16 @@ def _tsv(table: pd.DataFrame) -> str:
 
 def aggregate_classification(metrics_paths, tsv_path, md_path, tex_path, html_path, runs_path, *,
                              backbone="resnet18", strategies=None, generators=None, filters=None,
-                             reference="traditional") -> pd.DataFrame:
+                             reference="traditional", convergence_paths=()) -> pd.DataFrame:
     """metrics.json files -> runs TSV, summary TSV, and Markdown/LaTeX/HTML tables like Table 2.
 
     Returns the summary (:func:`summarise` columns, then :func:`paired_comparison`'s).
+    `convergence_paths` (convergence.json per generator and subset) flag the rows trained
+    on images of generators that are not converged, in the tables and in the TSV
+    (column `converged`: the fraction of subsets whose generator passed; empty for rows
+    without synthetic images).
     """
+    convergence = tables.read_convergence(convergence_paths)
     title = BACKBONE_NAMES.get(backbone, backbone)
     runs = load_runs(metrics_paths)
     # Full float precision here: this table is for users' own statistics.
@@ -371,11 +382,14 @@ def aggregate_classification(metrics_paths, tsv_path, md_path, tex_path, html_pa
     summary = summarise(runs, **orders)
     paired = paired_comparison(runs, reference, **orders)
     table = pd.concat([summary, paired.drop(columns=list(KEYS))], axis=1)
+    table["converged"] = [np.mean([v["converged"] for v in convergence[g].values()])
+                          if s in SYNTHETIC_STRATEGIES and g in convergence else math.nan
+                          for s, g in zip(table["strategy"], table["generator"])]
     write_text(tsv_path, _tsv(table))
-    md = render(table, title, "markdown", reference)
+    md = render(table, title, "markdown", reference, convergence)
     write_text(md_path, md)
-    write_text(tex_path, render(table, title, "latex", reference))
-    write_text(html_path, render(table, title, "html", reference))
+    write_text(tex_path, render(table, title, "latex", reference, convergence))
+    write_text(html_path, render(table, title, "html", reference, convergence))
     print(md)
     return table
 
@@ -459,9 +473,12 @@ def _bar_panels(fig, axes, panels, x_names, series, lines, xlabel: str) -> None:
     fig.tight_layout(rect=(0, 0.28 * math.ceil(len(labels) / ncol) / height, 1, 1))
 
 
-def plot_auc_by_strategy(runs_path, png_path, *, generators=None, filters=None, strategies=None) -> None:
+def plot_auc_by_strategy(runs_path, png_path, *, generators=None, filters=None, strategies=None,
+                         convergence_paths=()) -> None:
     """Fig. 5: per generator, mean ± std AUC (%) per filter for augment and transfer, with the
-    baseline (green) and traditional (blue) mean AUC as lines. synthetic_only is Fig. 6."""
+    baseline (green) and traditional (blue) mean AUC as lines. synthetic_only is Fig. 6.
+    Panels of not-converged generators (convergence_paths) say so in their title."""
+    convergence = tables.read_convergence(convergence_paths)
     runs = read_runs(runs_path)
     synthetic = runs[(runs["generator"] != "") & (runs["filter"] != "") & (runs["strategy"] != "synthetic_only")]
     if synthetic.empty:
@@ -479,7 +496,7 @@ def plot_auc_by_strategy(runs_path, png_path, *, generators=None, filters=None, 
     for g in gens:
         sub = synthetic[synthetic["generator"] == g]
         bars = {(f, s): _auc_pct(part) for (f, s), part in sub.groupby(["filter", "strategy"], sort=False)}
-        panels.append((generator_name(g), bars))
+        panels.append((tables.flag(generator_name(g), convergence.get(g)), bars))
     # ~1.1 in per filter so "class realism" labels of neighbouring panels do not collide
     panel = 0.8 + len(x_names) * max(1.1, 0.45 * len(strats))
     fig, axes = _new_figure(0.6 + len(gens) * panel, 4.2, len(gens))
@@ -487,9 +504,11 @@ def plot_auc_by_strategy(runs_path, png_path, *, generators=None, filters=None, 
     _save(fig, png_path)
 
 
-def plot_synthetic_only_auc(runs_path, png_path, *, generators=None, filters=None) -> None:
+def plot_synthetic_only_auc(runs_path, png_path, *, generators=None, filters=None, convergence_paths=()) -> None:
     """Fig. 6: synthetic_only mean ± std AUC (%) per filter, one bar per generator, with the
-    baseline (green) and traditional (blue) mean AUC as lines."""
+    baseline (green) and traditional (blue) mean AUC as lines; not-converged generators'
+    legend entries say so (convergence_paths)."""
+    convergence = tables.read_convergence(convergence_paths)
     runs = read_runs(runs_path)
     synthetic = runs[(runs["strategy"] == "synthetic_only") & (runs["filter"] != "")]
     if synthetic.empty:
@@ -499,7 +518,8 @@ def plot_synthetic_only_auc(runs_path, png_path, *, generators=None, filters=Non
     g_rank = _rank(synthetic["generator"], generators, GENERATOR_NAMES)
     x_names = sorted(set(synthetic["filter"]), key=f_rank.get)
     gens = sorted(set(synthetic["generator"]), key=g_rank.get)
-    series = [(g, generator_name(g), _BAR_COLOURS[i % len(_BAR_COLOURS)]) for i, g in enumerate(gens)]
+    series = [(g, tables.flag(generator_name(g), convergence.get(g)), _BAR_COLOURS[i % len(_BAR_COLOURS)])
+              for i, g in enumerate(gens)]
     bars = {(f, g): _auc_pct(part) for (f, g), part in synthetic.groupby(["filter", "generator"], sort=False)}
     fig, axes = _new_figure(max(5.5, 1.2 + len(x_names) * max(1.1, 0.45 * len(gens))), 4.2)
     _bar_panels(fig, axes, [("Synthetic data only", bars)], x_names, series, _reference_lines(runs),

@@ -3,7 +3,8 @@
 Two extractors:
   * domain: the penultimate layer of a classifier trained on the same real subset
     (HistoGAN scores its checkpoints with a ResNet34 trained on the real data:
-    ImageNet/Inception features say little about H&E texture);
+    ImageNet/Inception features say little about H&E texture), each vector scaled
+    to root-mean-square 1 (UnitRMS);
   * inception: pytorch-fid's FID InceptionV3 (pool3, 2048-D), for numbers
     comparable with the literature, only when its weights file is present locally
     (`pt_inception-2015-12-05-6726825d.pth`): nothing is downloaded at run time.
@@ -27,8 +28,30 @@ from .fileio import atomic_path
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
 
+class UnitRMS(nn.Module):
+    """Each feature vector scaled to norm sqrt(D), i.e. root-mean-square 1 per dimension.
+
+    The domain classifier's pooled ReLU features are heavy-tailed (on the demo some
+    images' norms are 10x the median), which puts the cubic KID kernel
+    (x.y / D + 1)^3 far from its intended range: KID x 10^3 read 10^4-10^7, negative
+    for real vs real. With norm sqrt(D), x.y / D is the cosine similarity (in [0, 1]
+    for non-negative features), the kernel stays in [1, 8] and FID, KID and the k-NN
+    metrics read in the ranges known from Inception features. A per-image map: the same
+    for every row, subset and run. A zero vector (a flat image may give one) stays zero.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        f = self.net(x).float()
+        return f * (f.shape[1] ** 0.5 / f.norm(dim=1, keepdim=True).clamp(min=1e-12))
+
+
 def domain_extractor(model_path, backbone: str, n_classes: int) -> nn.Module:
-    """A trained classifier (`model.pt` state dict) with its head removed: images in [0,1] -> features."""
+    """A trained classifier (`model.pt` state dict) with its head removed: images in [0,1] -> features
+    of root-mean-square 1 (UnitRMS)."""
     model = build_classifier(backbone, n_classes)
     try:
         model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
@@ -39,7 +62,7 @@ def domain_extractor(model_path, backbone: str, n_classes: int) -> nn.Module:
         net.fc = nn.Identity()
     else:
         net.classifier = nn.Identity()
-    return model.eval()
+    return UnitRMS(model).eval()
 
 
 def inception_extractor(weights_path) -> nn.Module | None:

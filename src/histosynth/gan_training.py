@@ -195,10 +195,12 @@ class ViTGANAdapter(_Adapter):
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
+        self.D.mlw.project_()
         losses = {"d_loss": d_loss.detach()}
         if train_g:
             with self.autocast(x):
-                g_loss = self.v.generator_loss(self.D.d, fake, y)  # bare critic, as in HistoGAN
+                # Bare critic, as in HistoGAN; the class term weighted as the critic weighs it (eq. 8).
+                g_loss = self.v.generator_loss(self.D.d, fake, y, torch.exp(-self.D.mlw.sigma[1]).detach())
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()

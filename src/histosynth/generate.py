@@ -15,7 +15,7 @@ from .checkpoint import list_checkpoints, load_checkpoint
 from .errors import InputError
 from .features import extract_features, gaussian_stats
 from .fileio import atomic_path, write_text
-from .metrics import frechet_distance, kernel_inception_distance
+from .metrics import frechet_distance, kernel_inception_distance, precision_recall
 from .store import write_store
 
 
@@ -124,13 +124,16 @@ def class_labels(counts: dict[int, int]) -> np.ndarray:
     return np.concatenate([np.full(n, c, np.int64) for c, n in sorted(counts.items())])
 
 
+PR_K = 3  # k of improved precision/recall (Kynkäänniemi et al.'s default, as the quality table)
+
+
 def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], out_tsv, *,
                       batch_size=256, device="cpu", seed=0, sampling=None) -> pd.DataFrame:
-    """FID and KID of every snapshot against the real subset, once per feature space.
+    """FID, KID and improved precision/recall of every snapshot against the real subset, per feature space.
 
     `references` maps a feature-space name to (extractor, real statistics from
     `features.load_stats`): "domain" gives the columns fid/kid, any other name
-    (e.g. "inception") gives fid_<name>/kid_<name>. Every snapshot is scored on
+    (e.g. "inception") gives fid_<name>/kid_<name>/... Every snapshot is scored on
     the same latents (same seeds, from SCORING_STREAM: never a pool's), so
     differences between epochs come from the weights, not from sampling noise; the
     images are generated once per snapshot and shared by all feature spaces.
@@ -149,8 +152,10 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
             fake = extract_features(extractor, images, batch_size, device)
             mu, sigma = gaussian_stats(fake)
             kid, kid_std = kernel_inception_distance(real["features"], fake, n_subsets=20, seed=seed)
+            precision, recall = precision_recall(real["features"], fake, PR_K)
             row |= {f"fid{suffix}": frechet_distance(real["mu"], real["sigma"], mu, sigma),
-                    f"kid{suffix}": kid, f"kid{suffix}_std": kid_std}
+                    f"kid{suffix}": kid, f"kid{suffix}_std": kid_std,
+                    f"precision{suffix}": precision, f"recall{suffix}": recall}
         rows.append(row)
         print(f"[score_checkpoints] epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
     table = pd.DataFrame(rows)

@@ -29,7 +29,8 @@ import pandas as pd
 
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
-from .tables import FILTER_NAMES, MISSING, best_marks, generator_name, to_html, to_latex, to_markdown
+from .tables import (FILTER_NAMES, MISSING, best_marks, convergence_note, flag, generator_name, read_convergence,
+                     to_html, to_latex, to_markdown)
 from .metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
 
 __all__ = [
@@ -54,13 +55,18 @@ TABLE_METRICS = ("fid", "kid", "precision", "recall", "f1")
 # recall and F1 in percent as in Table 1; KID ×10³ (raw KID rounds to 0.00).
 COLUMNS = {
     ("domain", "fid"): ("FID ↓", 1.0, False),
+    ("domain", "fid_ratio"): ("FID ×real ↓", 1.0, False),
     ("domain", "kid"): ("KID ×10³ ↓", 1e3, False),
     ("domain", "precision"): ("Improved precision (%) ↑", 100.0, True),
     ("domain", "recall"): ("Improved recall (%) ↑", 100.0, True),
     ("domain", "f1"): ("Improved F1-score (%) ↑", 100.0, True),
     ("inception", "fid"): ("Inception FID ↓", 1.0, False),
     ("inception", "kid"): ("Inception KID ×10³ ↓", 1e3, False),
+    ("vae", "fid"): ("VAE rec. FID ↓", 1.0, False),
 }
+REFERENCE = "real"
+"""The generator key of the reference row (real validation vs real training subset)."""
+REFERENCE_NAME = "Real (validation vs training subset)"
 
 
 # ---------------------------------------------------------------------------
@@ -240,42 +246,54 @@ def summarise_quality(runs: pd.DataFrame, *, generators=None, filters=None,
         sub = runs[(runs["generator"] == gen) & (runs["filter"] == filt)]
         if sub.empty:
             continue
-        row = {"generator": gen, "filter": filt, "n": len(sub), "subsets": ",".join(sub["subset"])}
-        for space in SPACES:
-            for m in TABLE_METRICS:
-                values = sub[f"{space}_{m}"]
-                if values.isna().any():
-                    mean = std = math.nan
-                else:
-                    mean = float(values.mean())
-                    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-                row[f"{space}_{m}_mean"], row[f"{space}_{m}_std"] = mean, std
-        rows.append(row)
+        rows.append({"generator": gen, "filter": filt, **_mean_std(sub)})
     return pd.DataFrame(rows)
 
 
-def _items(table: pd.DataFrame, group_by: str) -> tuple[list[str], list[tuple]]:
-    """Column labels and table items (see histosynth.tables): a section per filter
-    (or generator) block, a row per (generator, filter).
+def _mean_std(sub: pd.DataFrame) -> dict:
+    """n, subsets, and <column>_mean / _std of every metric column over the rows (subsets)."""
+    out = {"n": len(sub), "subsets": ",".join(sub["subset"])}
+    for col in sub.columns:
+        if col in ("generator", "filter", "subset"):
+            continue
+        values = sub[col]
+        if values.isna().any():
+            mean = std = math.nan
+        else:
+            mean = float(values.mean())
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        out[f"{col}_mean"], out[f"{col}_std"] = mean, std
+    return out
 
-    Inception columns are shown when any row has them ("—" where missing). The best
-    value is judged on the displayed (rounded) mean, so ties are all marked.
+
+def _items(table: pd.DataFrame, group_by: str, convergence=None) -> tuple[list[str], list[tuple]]:
+    """Column labels and table items (see histosynth.tables): the reference row first when
+    present, then a section per filter (or generator) block, a row per (generator, filter).
+
+    Inception and VAE columns are shown when any row has them ("—" where missing). The
+    best value among the synthetic rows is judged on the displayed (rounded) mean, so ties
+    are all marked; the reference row is never marked. Flagged generators' rows say so.
     """
-    shown = [c for c in COLUMNS if c[0] == "domain" or table[f"{c[0]}_{c[1]}_mean"].notna().any()]
+    shown = [c for c in COLUMNS if f"{c[0]}_{c[1]}_mean" in table and table[f"{c[0]}_{c[1]}_mean"].notna().any()]
+    synthetic = (table["generator"] != REFERENCE).to_numpy()
     labels, columns = [], []
     for space, metric in shown:
         label, scale, higher = COLUMNS[(space, metric)]
         means, stds = table[f"{space}_{metric}_mean"], table[f"{space}_{metric}_std"]
-        marks = best_marks([round(scale * a, 2) for a in means], higher)
-        columns.append([(MISSING if math.isnan(a) else f"{scale * a:.2f} ± {scale * s:.2f}", b)
-                        for a, s, b in zip(means, stds, marks)])
+        marks = iter(best_marks([round(scale * a, 2) for a in means[synthetic]], higher))
+        columns.append([(MISSING if math.isnan(a) else f"{scale * a:.2f} ± {scale * s:.2f}",
+                         bool(next(marks)) if syn else False) for a, s, syn in zip(means, stds, synthetic)])
         labels.append(label)
     rows = list(zip(*columns))
     inner = "generator" if group_by == "filter" else "filter"
-    outer_name = (lambda f: FILTER_NAMES.get(f, f)) if group_by == "filter" else generator_name
-    inner_name = generator_name if group_by == "filter" else (lambda f: FILTER_NAMES.get(f, f))
+    gen_name = lambda g: flag(generator_name(g), (convergence or {}).get(g))  # noqa: E731
+    outer_name = (lambda f: FILTER_NAMES.get(f, f)) if group_by == "filter" else gen_name
+    inner_name = gen_name if group_by == "filter" else (lambda f: FILTER_NAMES.get(f, f))
     items, current = [], None
     for i, (outer, name) in enumerate(zip(table[group_by], table[inner])):
+        if not synthetic[i]:
+            items += [("section", "Reference"), ("row", REFERENCE_NAME, list(rows[i]))]
+            continue
         if outer != current:
             current = outer
             items.append(("section", outer_name(outer)))
@@ -283,9 +301,41 @@ def _items(table: pd.DataFrame, group_by: str) -> tuple[list[str], list[tuple]]:
     return labels, items
 
 
+def load_reference(paths) -> pd.DataFrame:
+    """One row per subset: the `kept` design of reference.json as `<space>_<metric>` (histosynth.reference)."""
+    rows = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                ref = json.load(f)
+            kept = ref["kept"]
+            row = {"generator": REFERENCE, "filter": "", "subset": str(ref["subset"])}
+            for space in SPACES:
+                for m in TABLE_METRICS:
+                    row[f"{space}_{m}"] = float(kept[space][m]) if space in kept else math.nan
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: not a reference file written by reference_quality ({e!r})") from e
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def load_vae_fid(paths) -> dict[str, float]:
+    """subset -> FID of the VAE's reconstructions (vae/subset<k>/quality.json)."""
+    out = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                q = json.load(f)
+            out[str(q["subset"])] = float(q["domain"]["fid"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: not a VAE quality file written by vae_quality ({e!r})") from e
+    return out
+
+
 def aggregate_quality(json_paths, out_tsv, out_md, out_tex, out_html=None, *,
                       generators: Sequence[str] | None = None, filters: Sequence[str] | None = None,
-                      group_by: str = "filter", title: str = "Model") -> pd.DataFrame:
+                      group_by: str = "filter", title: str = "Model", reference_paths=(), convergence_paths=(),
+                      vae_paths=(), latent_generators: Sequence[str] = ()) -> pd.DataFrame:
     """Quality JSONs -> tables (TSV with every number; Markdown, LaTeX and HTML like Table 1).
 
     Rows: one per (generator, filter), ordered as `generators` and `filters` (first
@@ -293,16 +343,44 @@ def aggregate_quality(json_paths, out_tsv, out_md, out_tex, out_html=None, *,
     blocks per filter (group_by="filter", as in Table 1) or per generator. Cells:
     mean ± std over subsets; FID as is, KID ×10³, precision/recall/F1 in percent;
     the best value per column in bold. Returns the summary table.
+
+    With `reference_paths` (reference.json per subset) the table opens with the
+    real-vs-real row and every row gets "FID ×real": its FID over its own subset's
+    reference FID. `convergence_paths` flag the rows of generators whose selected
+    snapshot failed the verdict; `vae_paths` (vae/subset<k>/quality.json) give the
+    `latent_generators`' rows the VAE reconstruction FID that bounds them.
     """
     runs = load_quality(json_paths)
+    reference = load_reference(reference_paths) if reference_paths else None
+    if reference is not None:
+        ref_fid = dict(zip(reference["subset"], reference["domain_fid"]))
+        missing = sorted(set(runs["subset"]) - set(ref_fid))
+        if missing:
+            raise InputError(f"quality files of subset(s) {missing} have no reference file")
+        runs["domain_fid_ratio"] = runs["domain_fid"] / runs["subset"].map(ref_fid)
+        reference["domain_fid_ratio"] = 1.0
+    if vae_paths:
+        vae = load_vae_fid(vae_paths)
+        latent = runs["generator"].isin(list(latent_generators))
+        runs["vae_fid"] = np.where(latent, runs["subset"].map(vae).astype(float), math.nan)
     table = summarise_quality(runs, generators=generators, filters=filters, group_by=group_by)
-    labels, items = _items(table, group_by)
+    if reference is not None:
+        table = pd.concat([pd.DataFrame([{"generator": REFERENCE, "filter": "", **_mean_std(reference)}]), table],
+                          ignore_index=True)
+    convergence = read_convergence(convergence_paths)
+    labels, items = _items(table, group_by, convergence)
+    note = " ".join(filter(None, [
+        "FID ×real: FID over the real-vs-real FID of the same subset (its validation images, drawn r·N_i per "
+        "class, against the training subset): 1 is as close as unseen real tissue." if reference is not None else "",
+        "VAE rec. FID: the VAE's reconstructions of those validation images, which no latent-diffusion model "
+        "decoded by it can beat." if vae_paths else "",
+        convergence_note(convergence)]))
     write_text(out_tsv, table.to_csv(sep="\t", float_format="%.6f", index=False))
-    md = to_markdown(title, labels, items)
+    md = to_markdown(title, labels, items, note)
     write_text(out_md, md)
-    write_text(out_tex, to_latex(title, labels, items))
+    write_text(out_tex, to_latex(title, labels, items, note))
     if out_html:
-        write_text(out_html, to_html(title, labels, items))
+        write_text(out_html, to_html(title, labels, items, note))
     print(md)
     return table
 

@@ -200,27 +200,125 @@ def inception_stats(smk):
 def score_checkpoints(smk):
     from .features import domain_extractor, inception_extractor, load_stats
     from .generate import score_checkpoints as score
-    from .store import store_info
+    from .reference import scoring_counts
+    from .split import read_subset
+    from .store import read_store
 
     _threads(smk.threads)
     p = smk.params
-    n_classes = len(store_info(smk.input.train).class_names)
+    _, labels, class_names = read_store(smk.input.train, read_subset(smk.input.subset))
+    n_classes = len(class_names)
     device = _gpu_unless_cpu(p.device)
     references = {"domain": (domain_extractor(smk.input.extractor, p.backbone, n_classes), load_stats(smk.input.stats))}
     if "inception_stats" in smk.input.keys():
         references["inception"] = (inception_extractor(smk.input.inception_weights),
                                    load_stats(smk.input.inception_stats))
     score(os.path.join(os.path.dirname(smk.input.losses), "checkpoints"), references,
-          {c: p.images_per_class for c in range(n_classes)}, smk.output.scores,
+          scoring_counts(labels, n_classes, p.images_per_class), smk.output.scores,
           batch_size=p.batch_size, device=device, seed=p.seed, sampling=p.sampling)
 
 
 def select_checkpoint(smk):
     from .selection import write_selection
 
-    write_selection(smk.input.scores, smk.output.curve, smk.output.plot, smk.output.choice,
-                    metric=smk.params.metric, alpha=smk.params.alpha,
-                    title=f"{smk.wildcards.generator}, subset {smk.wildcards.subset}")
+    write_selection(smk.input.scores, smk.output.curve, smk.output.choice, metric=smk.params.metric,
+                    alpha=smk.params.alpha)
+
+
+def _reference_draws(smk, valid_labels):
+    """The validation images each reference design compares with the subset (histosynth.reference)."""
+    from .filtering import target_counts
+    from .reference import draw_per_class, scoring_counts
+    from .split import read_subset
+    from .store import read_store
+
+    p = smk.params
+    _, labels, class_names = read_store(smk.input.train, read_subset(smk.input.subset))
+    counts = {"scoring": scoring_counts(labels, len(class_names), p.images_per_class),
+              "kept": target_counts(labels, len(class_names), p.ratio)}
+    return counts, {d: draw_per_class(valid_labels, c, p.quality["seed"]) for d, c in counts.items()}
+
+
+def reference_quality(smk):
+    """Real validation vs real training subset, drawn like checkpoint scoring and like the filters' kept sets."""
+    from .features import domain_extractor, extract_features, inception_extractor, load_stats
+    from .reference import write_reference
+    from .store import read_store
+
+    _threads(smk.threads)
+    p = smk.params
+    valid, valid_labels, class_names = read_store(smk.input.valid)
+    counts, draws = _reference_draws(smk, valid_labels)
+    device = _gpu_unless_cpu(p.device)
+    extractors = {"domain": domain_extractor(smk.input.extractor, p.backbone, len(class_names))}
+    real = {"domain": load_stats(smk.input.stats)["features"]}
+    if "inception_stats" in smk.input.keys():
+        extractors["inception"] = inception_extractor(smk.input.inception_weights)
+        real["inception"] = load_stats(smk.input.inception_stats)["features"]
+    features = {d: {space: extract_features(ext, valid[idx], p.batch_size, device) for space, ext in extractors.items()}
+                for d, idx in draws.items()}
+    write_reference(smk.output.reference, real, features, counts, subset=int(smk.wildcards.subset), quality=p.quality)
+
+
+def vae_quality(smk):
+    """The VAE's reconstructions of the reference's kept-sized validation draw: what bounds latent diffusion."""
+    import json
+
+    import torch
+
+    from .features import domain_extractor, extract_features, load_stats
+    from .reference import write_vae_quality
+    from .store import read_store
+    from .vae_training import load_vae, reconstruct_images
+
+    _threads(smk.threads)
+    p = smk.params
+    valid, valid_labels, class_names = read_store(smk.input.valid)
+    _, draws = _reference_draws(smk, valid_labels)
+    device = torch.device(_gpu_unless_cpu(p.device))
+    vae, _ = load_vae(smk.input.vae, device)
+    recon = reconstruct_images(vae, valid[draws["kept"]], p.batch_size)
+    extractor = domain_extractor(smk.input.extractor, p.backbone, len(class_names))
+    with open(smk.input.vae_metrics) as f:
+        psnr = json.load(f)["valid_psnr"]
+    write_vae_quality(smk.output.metrics, load_stats(smk.input.stats)["features"],
+                      extract_features(extractor, recon, p.batch_size, device), subset=int(smk.wildcards.subset),
+                      quality=p.quality, psnr=psnr)
+
+
+def convergence(smk):
+    """Is the selected snapshot near real-vs-real? Its pool's first r·N_i per class scored like the reference;
+    and the checkpoint curve drawn against the reference."""
+    import json
+
+    import pandas as pd
+
+    from .features import domain_extractor, extract_features, load_stats
+    from .filtering import target_counts
+    from .reference import first_per_class, write_convergence
+    from .selection import plot_curve
+    from .split import read_subset
+    from .store import read_store
+
+    _threads(smk.threads)
+    p, w = smk.params, smk.wildcards
+    _, labels, class_names = read_store(smk.input.train, read_subset(smk.input.subset))
+    with open(smk.input.reference) as f:
+        reference = json.load(f)
+    with open(smk.input.choice) as f:
+        epoch = json.load(f)["epoch"]
+    pool, pool_labels, _ = read_store(smk.input.pool)
+    draw = first_per_class(pool_labels, target_counts(labels, len(class_names), p.ratio))
+    extractor = domain_extractor(smk.input.extractor, p.backbone, len(class_names))
+    result = write_convergence(smk.output.metrics, load_stats(smk.input.stats)["features"],
+                               extract_features(extractor, pool[draw], p.batch_size, _gpu_unless_cpu(p.device)),
+                               reference, generator=w.generator, subset=int(w.subset), epoch=epoch, quality=p.quality,
+                               max_fid_ratio=p.converged["max_fid_ratio"], min_recall=p.converged["min_recall"])
+    state = "converged" if result["converged"] else "NOT CONVERGED"
+    title = (f"{w.generator}, subset {w.subset}: {state} (pool FID {result['fid_ratio']:.1f}x real vs real, "
+             f"recall {100 * result['recall']:.0f} %)")
+    plot_curve(pd.read_csv(smk.input.curve, sep="\t"), p.metric, p.alpha, epoch, smk.output.plot, title,
+               reference=reference["scoring"])
 
 
 def generate(smk):
@@ -298,14 +396,17 @@ def quality(smk):
     rejected_features = extract_features(extractor, pool[rejected], p.batch_size, device) if len(rejected) else None
     plot_feature_map(real, fake, rejected_features,
                      smk.output.plot, f"{w.generator}, subset {w.subset}, filter {w.filter}",
-                     seed=q["seed"], max_points=q["max_points"])
+                     seed=q["seed"], max_points=p.max_points)
 
 
 def quality_table(smk):
     from .quality import aggregate_quality
 
-    aggregate_quality(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex, smk.output.html,
-                      generators=smk.params.generators, filters=smk.params.filters)
+    i, p = smk.input, smk.params
+    aggregate_quality(list(i.metrics), smk.output.tsv, smk.output.md, smk.output.tex, smk.output.html,
+                      generators=p.generators, filters=p.filters, reference_paths=list(i.references),
+                      convergence_paths=list(i.convergence), vae_paths=list(i.vae),
+                      latent_generators=p.latent_generators)
 
 
 def aggregate(smk):
@@ -314,20 +415,22 @@ def aggregate(smk):
     p = smk.params
     aggregate_classification(list(smk.input.metrics), smk.output.tsv, smk.output.md, smk.output.tex,
                              smk.output.html, smk.output.runs, backbone=p.backbone, strategies=p.strategies,
-                             generators=p.generators, filters=p.filters)
+                             generators=p.generators, filters=p.filters, convergence_paths=list(smk.input.convergence))
 
 
 def plot_auc_by_strategy(smk):
     from .aggregate import plot_auc_by_strategy as plot
 
     p = smk.params
-    plot(smk.input.runs, smk.output.plot, generators=p.generators, filters=p.filters, strategies=p.strategies)
+    plot(smk.input.runs, smk.output.plot, generators=p.generators, filters=p.filters, strategies=p.strategies,
+         convergence_paths=list(smk.input.convergence))
 
 
 def plot_synthetic_only_auc(smk):
     from .aggregate import plot_synthetic_only_auc as plot
 
-    plot(smk.input.runs, smk.output.plot, generators=smk.params.generators, filters=smk.params.filters)
+    plot(smk.input.runs, smk.output.plot, generators=smk.params.generators, filters=smk.params.filters,
+         convergence_paths=list(smk.input.convergence))
 
 
 class _Tee:

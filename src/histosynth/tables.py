@@ -12,6 +12,8 @@ from __future__ import annotations
 import html
 import math
 
+from .errors import InputError
+
 MISSING = "—"
 
 GENERATOR_NAMES = {"histogan": "HistoGAN", "cgan": "cGAN", "ldm_unet": "LDM U-Net", "ldm_dit": "LDM DiT",
@@ -33,6 +35,45 @@ FILTER_NAMES = {"none": "No image selection", "histogan": "HistoGAN selective au
                 "realism": "Realism score image selection",
                 "realism_class": "Class-based realism score image selection",
                 "confidence": "Classifier confidence selection"}
+
+
+NOT_CONVERGED = "⚠ not converged"
+
+
+def read_convergence(paths) -> dict[str, dict[str, dict]]:
+    """generator -> subset -> the verdict of its convergence.json (histosynth.reference)."""
+    import json
+
+    out: dict[str, dict[str, dict]] = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                v = json.load(f)
+            out.setdefault(str(v["generator"]), {})[str(v["subset"])] = v
+            bool(v["converged"]), str(v["rule"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise InputError(f"{path}: not a convergence verdict written by the convergence stage ({e!r})") from e
+    return out
+
+
+def flag(name: str, verdicts: dict[str, dict] | None) -> str:
+    """A display name with the not-converged flag when its generator failed the verdict on any subset."""
+    if not verdicts:
+        return name
+    failed = sum(not v["converged"] for v in verdicts.values())
+    if not failed:
+        return name
+    return f"{name} {NOT_CONVERGED}" + ("" if failed == len(verdicts) else f" ({failed} of {len(verdicts)} subsets)")
+
+
+def convergence_note(convergence: dict[str, dict[str, dict]]) -> str:
+    """The sentence under a table whose rows carry the flag."""
+    failed = [g for g, v in convergence.items() if any(not x["converged"] for x in v.values())]
+    if not failed:
+        return ""
+    rule = next(iter(next(iter(convergence.values())).values()))["rule"]
+    return (f"{NOT_CONVERGED}: {', '.join(generator_name(g) for g in failed)} (selected snapshot's images "
+            f"fail {rule}): their images are far from real tissue, so results from them are noise, not evidence.")
 
 
 def best_marks(values, higher: bool = True) -> list[bool]:
@@ -59,7 +100,8 @@ def to_markdown(title: str, labels, items, note: str = "") -> str:
 
 _TEX = {"\\": r"\textbackslash{}", "%": r"\%", "_": r"\_", "&": r"\&", "#": r"\#", "$": r"\$", "{": r"\{",
         "}": r"\}", "±": r"$\pm$", "Δ": r"$\Delta$", "<": r"$<$", "–": "--", "↓": r"$\downarrow$",
-        "↑": r"$\uparrow$", "×": r"$\times$", "³": r"$^3$", MISSING: "---"}
+        "↑": r"$\uparrow$", "×": r"$\times$", "³": r"$^3$", "≤": r"$\leq$", "≥": r"$\geq$",
+        "⚠": r"$\dagger$", MISSING: "---"}
 
 
 def tex_escape(text: str) -> str:

@@ -87,6 +87,21 @@ def latent_scale_of(vae: VAE, images: np.ndarray, batch_size: int) -> tuple[floa
     return 1.0 / std, mean, peak
 
 
+def _reconstruct(vae: VAE, x: torch.Tensor) -> torch.Tensor:
+    """decode(posterior mean) of images in [0, 1], clamped, in [0, 1]."""
+    return (vae.decode(vae.encode(x * 2 - 1)[0]).clamp(-1, 1) + 1) / 2
+
+
+@torch.no_grad()
+def reconstruct_images(vae: VAE, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 NHWC reconstructions decode(posterior mean) of uint8 NHWC images: the best a
+    latent-diffusion model decoded by this VAE can give back."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    return np.concatenate([(_reconstruct(vae, x) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+                           for x, _ in _batches(images, batch_size, device, shuffle=False)])
+
+
 @torch.no_grad()
 def reconstruction_metrics(vae: VAE, images: np.ndarray, batch_size: int) -> dict:
     """Mean absolute error, MSE (pixels in [0, 1]) and PSNR (dB, from the pooled MSE) of
@@ -95,7 +110,7 @@ def reconstruction_metrics(vae: VAE, images: np.ndarray, batch_size: int) -> dic
     device = next(vae.parameters()).device
     abs_sum, sq_sum, n = 0.0, 0.0, 0
     for x, _ in _batches(images, batch_size, device, shuffle=False):
-        recon = ((vae.decode(vae.encode(x * 2 - 1)[0]).clamp(-1, 1) + 1) / 2).double()
+        recon = _reconstruct(vae, x).double()
         diff = recon - x.double()
         abs_sum, sq_sum, n = abs_sum + float(diff.abs().sum()), sq_sum + float(diff.pow(2).sum()), n + diff.numel()
     mse = sq_sum / n

@@ -87,6 +87,7 @@ rule evaluate_unified:
 rule aggregate:
     input:
         metrics=classifier_runs(),
+        convergence=convergence_verdicts(),
     output:
         tsv=f"{RESULTS}/tables/classification.tsv",
         md=f"{RESULTS}/tables/classification.md",
@@ -112,6 +113,7 @@ rule aggregate:
 rule plot_auc_by_strategy:
     input:
         runs=f"{RESULTS}/tables/classification_runs.tsv",
+        convergence=convergence_verdicts(),
     output:
         plot=report(f"{RESULTS}/figures/auc_by_strategy.png", category="Classification",
                     caption="../report/auc_by_strategy.rst", labels={"result": "AUC per generator and strategy"}),
@@ -131,6 +133,7 @@ rule plot_auc_by_strategy:
 rule plot_synthetic_only_auc:
     input:
         runs=f"{RESULTS}/tables/classification_runs.tsv",
+        convergence=convergence_verdicts(),
     output:
         plot=report(f"{RESULTS}/figures/synthetic_only_auc.png", category="Classification",
                     caption="../report/synthetic_only_auc.rst", labels={"result": "synthetic-only AUC"}),

@@ -50,6 +50,7 @@ except InputError as e:
 REAL_STRATEGIES = [s for s in config["strategies"] if s in ("baseline", "traditional")]
 SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if s in ("augment", "transfer", "synthetic_only")]
 UNIFIED_GENERATORS = [g for g in config["generators"] if GENERATORS[g]["family"] == "vitgan"]
+LATENT_GENERATORS = [g for g in config["generators"] if GENERATORS[g]["family"].startswith("ldm_")]
 if SYNTHETIC_STRATEGIES and not (config["generators"] and config["filters"]):
     raise ValueError(f"config strategies {SYNTHETIC_STRATEGIES} train on synthetic images and need at least one "
                      "entry in `generators` and in `filters` (or keep strategies: [baseline, traditional])")
@@ -79,12 +80,15 @@ CODE = {
     "feature_extractor": code_hash("classifier", "augment", "batches", "metrics", "features"),
     "inception_stats": code_hash("features"),
     "train_vae": code_hash("vae_training", "models/vae"),
-    "score_checkpoints": code_hash("generate", "features", "metrics"),
+    "score_checkpoints": code_hash("generate", "features", "metrics", "reference"),
     "select_checkpoint": code_hash("selection", "metrics"),
+    "reference_quality": code_hash("reference", "quality", "features", "metrics", "filtering"),
+    "vae_quality": code_hash("reference", "quality", "features", "metrics", "vae_training", "models/vae"),
+    "convergence": code_hash("reference", "quality", "features", "metrics", "selection", "filtering"),
     "generate": code_hash("generate"),
     "filter": code_hash("filtering", "filters", "features", "metrics"),
     "quality": code_hash("quality", "features", "metrics"),
-    "quality_table": code_hash("quality", "tables"),
+    "quality_table": code_hash("quality", "tables", "reference"),
     "evaluate_unified": code_hash("unified", "models/vitgan", "metrics"),
     "aggregate": code_hash("aggregate", "tables"),
 }
@@ -158,6 +162,12 @@ def inception_inputs(wildcards):
             "inception_weights": INCEPTION}
 
 
+def quality_params():
+    """The quality metrics' settings (k-NN k, KID subsets, seed): shared by every stage that measures."""
+    q = config["quality"]
+    return {"k": q["k"], "kid_subsets": q["kid_subsets"], "seed": q["seed"]}
+
+
 def filter_params(name):
     """Only the settings this filter reads: changing λ never reruns the HistoGAN filter."""
     f = config["filtering"]
@@ -183,6 +193,13 @@ def classifier_runs():
     unified = expand(f"{RESULTS}/classifier/unified/{{generator}}/subset{{subset}}/metrics.json",
                      generator=UNIFIED_GENERATORS if "unified" in config["strategies"] else [], subset=SUBSETS)
     return real + synthetic + unified
+
+
+def convergence_verdicts():
+    """convergence.json of every generator whose images train classifiers: flags for the tables and figures."""
+    gens = config["generators"] if SYNTHETIC_STRATEGIES else []
+    return expand(f"{RESULTS}/generators/{{generator}}/subset{{subset}}/convergence.json", generator=gens,
+                  subset=SUBSETS)
 
 
 def one_of(names):

@@ -48,7 +48,8 @@ rule quality:
                     labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
     params:
         code=CODE["quality"],
-        quality=config["quality"],
+        quality=quality_params(),
+        max_points=config["quality"]["max_points"],
         backbone=config["selection"]["backbone"],
         batch_size=config["selection"]["batch_size"],
         device=lambda w: GENERATORS[w.generator]["device"],
@@ -71,6 +72,10 @@ rule quality_table:
             subset=SUBSETS,
             filter=config["filters"],
         ),
+        references=expand(f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json", subset=SUBSETS),
+        convergence=expand(f"{RESULTS}/generators/{{generator}}/subset{{subset}}/convergence.json",
+                           generator=config["generators"], subset=SUBSETS),
+        vae=expand(f"{RESULTS}/vae/subset{{subset}}/quality.json", subset=SUBSETS if LATENT_GENERATORS else []),
     output:
         tsv=f"{RESULTS}/tables/quality.tsv",
         md=f"{RESULTS}/tables/quality.md",
@@ -81,6 +86,7 @@ rule quality_table:
         code=CODE["quality_table"],
         generators=config["generators"],
         filters=config["filters"],
+        latent_generators=LATENT_GENERATORS,
     log:
         f"{LOGS}/quality_table.log",
     conda:

@@ -1,4 +1,5 @@
-# Per (generator, subset): train -> score every snapshot -> pick by smoothed FID -> bulk pool.
+# Per (generator, subset): train -> score every snapshot -> pick by smoothed FID -> bulk pool
+# -> convergence verdict against the real-vs-real reference (per subset).
 # Snapshots live in checkpoints/ beside the declared outputs, never declared
 # themselves: Snakemake deletes declared outputs before a rerun, and a resumed
 # training job needs them.
@@ -52,6 +53,37 @@ rule inception_stats:
         STAGE
 
 
+# Real validation vs real training subset, drawn as the synthetic sets are: the reference
+# line of every FID curve and the first row of the quality table (histosynth.reference).
+rule reference_quality:
+    input:
+        unpack(inception_inputs),
+        train=f"{RESULTS}/data/train.h5",
+        valid=f"{RESULTS}/data/valid.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    output:
+        reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",
+    params:
+        code=CODE["reference_quality"],
+        backbone=config["selection"]["backbone"],
+        images_per_class=config["selection"]["images_per_class"],
+        ratio=config["generation"]["ratio"],
+        quality=quality_params(),
+        batch_size=config["selection"]["batch_size"],
+        device=config["classifier"]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=1 if config["classifier"]["device"] != "cpu" else 0,
+    log:
+        f"{LOGS}/reference_quality/subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
 rule train_vae:
     input:
         train=f"{RESULTS}/data/train.h5",
@@ -68,6 +100,37 @@ rule train_vae:
         gpu=0 if config["vae"]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/train_vae/subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+# The VAE's reconstructions of the reference's validation draw: the FID latent diffusion cannot beat.
+rule vae_quality:
+    input:
+        vae=f"{RESULTS}/vae/subset{{subset}}/vae.pt",
+        vae_metrics=f"{RESULTS}/vae/subset{{subset}}/metrics.json",
+        train=f"{RESULTS}/data/train.h5",
+        valid=f"{RESULTS}/data/valid.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    output:
+        metrics=f"{RESULTS}/vae/subset{{subset}}/quality.json",
+    params:
+        code=CODE["vae_quality"],
+        backbone=config["selection"]["backbone"],
+        images_per_class=config["selection"]["images_per_class"],
+        ratio=config["generation"]["ratio"],
+        quality=quality_params(),
+        batch_size=config["selection"]["batch_size"],
+        device=config["vae"]["device"],
+    threads: config["vae"]["threads"]
+    resources:
+        gpu=0 if config["vae"]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/vae_quality/subset{{subset}}.log",
     conda:
         ENV
     script:
@@ -102,6 +165,7 @@ rule score_checkpoints:
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
         train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",  # scoring draws the subset's class mix
     output:
         scores=f"{GEN}/checkpoint_scores.tsv",
     params:
@@ -128,8 +192,6 @@ rule select_checkpoint:
         scores=f"{GEN}/checkpoint_scores.tsv",
     output:
         curve=f"{GEN}/fid_curve.tsv",
-        plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection", subcategory="{generator}",
-                    caption="../report/fid_curve.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
         choice=f"{GEN}/selected.json",
     params:
         code=CODE["select_checkpoint"],
@@ -165,6 +227,43 @@ rule generate:
         gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/generate/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        STAGE
+
+
+# Is the selected snapshot near real-vs-real? Its first r·N_i pool images per class scored
+# like the reference: `converged` in convergence.json flags tables, figures and the report.
+rule convergence:
+    input:
+        pool=f"{GEN}/pool.h5",
+        choice=f"{GEN}/selected.json",
+        curve=f"{GEN}/fid_curve.tsv",
+        reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    output:
+        metrics=f"{GEN}/convergence.json",
+        plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection", subcategory="{generator}",
+                    caption="../report/fid_curve.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
+    params:
+        code=CODE["convergence"],
+        converged=config["quality"]["converged"],
+        quality=quality_params(),
+        ratio=config["generation"]["ratio"],
+        metric=config["selection"]["metric"],
+        alpha=config["selection"]["alpha"],
+        backbone=config["selection"]["backbone"],
+        batch_size=config["selection"]["batch_size"],
+        device=lambda w: GENERATORS[w.generator]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/convergence/{{generator}}_subset{{subset}}.log",
     conda:
         ENV
     script:

@@ -5,9 +5,9 @@ Model code only. G: one-hot label ⊕ z (1500-d) -> linear projection -> reshape
 -> 3x3 conv to RGB + tanh. D: label broadcast as extra input channels -> 5 stride-2 4x4
 conv blocks (LeakyReLU 0.2) -> flatten -> linear -> 1 logit (sigmoid/BCE applied in the loss).
 
-Resolution rule: the paper's 5 doublings give ``s = image_size / 32`` (4 at its 128 px).
-For sizes not divisible by 32, G works at ``ceil(image_size / 32) * 32`` and area-downsamples
-to ``image_size`` (a convex average, so the output stays in [-1, 1]); see ``CGANConfig``.
+Resolution rule: the paper's 5 doublings (``num_up``) give ``s = image_size / 32`` (4 at its
+128 px). For sizes not divisible by 2**num_up, G works at ``ceil(image_size / 2**num_up) * 2**num_up``
+and area-downsamples to ``image_size`` (a convex average, so the output stays in [-1, 1]); see ``CGANConfig``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-NUM_UP = 5  # paper: 5 deconvolutional layers, 5 discriminator blocks -> 2**5 scale factor
 
 
 @dataclass(frozen=True)
@@ -39,6 +38,9 @@ class CGANConfig:
     # 128 filters and 128 px the output std at init is ~1e-3, D wins within ~400 steps and G
     # freezes (docs/benchmarks.md, "Generator convergence").
     init_std: float | None = None
+    # Paper: 5 deconvolutions in G and 5 conv blocks in D, i.e. a 4x4 first map at its 128 px.
+    # At 32 px five would start from 1x1; num_up: 3 keeps the paper's 4x4 start there.
+    num_up: int = 5
     # optimisation defaults (used by the training loop, kept here so one config carries the paper)
     lr: float = 2e-4
     beta1: float = 0.5
@@ -46,7 +48,8 @@ class CGANConfig:
     batch_size: int = 125
 
     def __post_init__(self):
-        ints = {"image_size", "num_classes", "latent_dim", "filters", "d_filters", "kernel_size", "channels", "batch_size"}
+        ints = {"image_size", "num_classes", "latent_dim", "filters", "d_filters", "kernel_size", "channels", "batch_size",
+                "num_up"}
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name in ints:
@@ -56,8 +59,9 @@ class CGANConfig:
                 continue
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"CGANConfig.{f.name} must be a finite number, got {v!r}")
-        if self.image_size < 2**NUM_UP:
-            raise ValueError(f"CGANConfig.image_size must be >= {2**NUM_UP} (5 stride-2 layers), got {self.image_size}")
+        if self.image_size < 2**self.num_up:
+            raise ValueError(f"CGANConfig.image_size must be >= {2**self.num_up} ({self.num_up} stride-2 layers, "
+                             f"num_up), got {self.image_size}")
         if self.num_classes < 2:
             raise ValueError(f"CGANConfig.num_classes must be >= 2 for a conditional GAN, got {self.num_classes}")
         if self.kernel_size % 2:
@@ -73,13 +77,13 @@ class CGANConfig:
 
     @property
     def start_size(self) -> int:
-        """Side of G's first feature map: image_size / 2**5, rounded up when not divisible."""
-        return -(-self.image_size // 2**NUM_UP)
+        """Side of G's first feature map: image_size / 2**num_up, rounded up when not divisible."""
+        return -(-self.image_size // 2**self.num_up)
 
     @property
     def native_size(self) -> int:
         """Size G's deconv stack produces before the (optional) downsample to image_size."""
-        return self.start_size * 2**NUM_UP
+        return self.start_size * 2**self.num_up
 
 
 def _init(module: nn.Module, std: float | None, slope: float) -> None:
@@ -117,7 +121,7 @@ class Generator(nn.Module):
         # a linear layer projects to f*s*s. One-hot labels: an embedding before a linear layer adds nothing.
         self.project = nn.Linear(cfg.latent_dim + cfg.num_classes, f * s * s)
         layers: list[nn.Module] = [nn.LeakyReLU(cfg.leaky_slope)]  # projection is linear; keep it from collapsing into deconv 1
-        for _ in range(NUM_UP):
+        for _ in range(cfg.num_up):
             layers += [nn.ConvTranspose2d(f, f, k, stride=2, padding=(k - 2) // 2), nn.LeakyReLU(cfg.leaky_slope)]
         # Paper: all 5 deconvs have 128 filters, then "the last convolutional layer" uses tanh -> a separate
         # RGB conv (3x3 'same', as in the Keras cGAN recipe this architecture follows).
@@ -156,11 +160,11 @@ class Discriminator(nn.Module):
         # input channels, so the very first filters can already judge class-consistent colour/texture.
         cin = cfg.channels + cfg.num_classes
         layers: list[nn.Module] = []
-        for i in range(NUM_UP):
+        for i in range(cfg.num_up):
             layers += [nn.Conv2d(cin if i == 0 else f, f, k, stride=2, padding=(k - 2) // 2), nn.LeakyReLU(cfg.leaky_slope)]
         self.net = nn.Sequential(*layers)
         side = cfg.image_size
-        for _ in range(NUM_UP):  # conv arithmetic: floor((n + 2p - k) / 2) + 1 == n // 2 for even k
+        for _ in range(cfg.num_up):  # conv arithmetic: floor((n + 2p - k) / 2) + 1 == n // 2 for even k
             side //= 2
         self.head = nn.Linear(f * side * side, 1)  # "flattened and then fed into a sigmoid output"
         _init(self, cfg.init_std, cfg.leaky_slope)

@@ -57,6 +57,13 @@ class ViTGANConfig:
     tau: float = 0.7  # §III-D: truncation of z ~ TruncNormal(0, 1, -tau, tau)
     confidence_lambda: float = 0.6  # §III-D: a synthetic image counts if p(its class) > lambda
     gp_weight: float = 10.0  # eq. 2's lambda; paper gives no value -> Gulrajani et al.'s 10
+    # Lower bound on the learned uncertainties sigma of eq. 7 (None: unbounded, as the paper).
+    # exp(-sigma) weighs the class losses; with sigma free it grows like 1 / CE as a class
+    # loss goes to 0 on small data, and the class term swamps the source term.
+    sigma_min: float | None = None
+    # Std of the conditional-layer-norm projections' initial weights (0: start as plain layer
+    # norm, zero-initialised like adaLN-Zero). Zero means z_1..z_3 reach no layer at first.
+    cln_init_std: float = 0.0
     class_projection: bool = True  # ablation (Table II "CP"): False = plain layer norm, no skip-z
     selective: bool = True  # ablation (Table II "SA"): False = every synthetic image in the class loss
 
@@ -66,7 +73,7 @@ class ViTGANConfig:
             object.__setattr__(self, "g_windows", tuple(self.g_windows))
         check_positive_ints(self, ("image_size", "num_classes", "z_dim", "embed_dim", "depth", "num_heads",
                                    "d_embed_dim", "d_depth", "d_patch_size"))
-        for f in ("mlp_ratio", "tau", "confidence_lambda", "gp_weight"):
+        for f in ("mlp_ratio", "tau", "confidence_lambda", "gp_weight", "cln_init_std"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name}.{f} must be a finite number, got {v!r}")
@@ -96,6 +103,12 @@ class ViTGANConfig:
             raise ValueError(f"{name}.tau must be > 0, got {self.tau}")
         if not 0 <= self.confidence_lambda < 1:
             raise ValueError(f"{name}.confidence_lambda must be in [0, 1), got {self.confidence_lambda}")
+        if self.sigma_min is not None and (isinstance(self.sigma_min, bool)
+                                           or not isinstance(self.sigma_min, (int, float))
+                                           or not math.isfinite(self.sigma_min)):
+            raise ValueError(f"{name}.sigma_min must be null or a finite number, got {self.sigma_min!r}")
+        if self.cln_init_std < 0:
+            raise ValueError(f"{name}.cln_init_std must be >= 0, got {self.cln_init_std}")
         if self.gp_weight < 0:
             raise ValueError(f"{name}.gp_weight must be >= 0, got {self.gp_weight}")
         w = self.g_windows
@@ -146,21 +159,22 @@ class ViTGANConfig:
 class ConditionalLayerNorm(nn.Module):
     """Eq. 1: layer norm without affine, then gain and bias from a linear map of [one-hot(c), z_k].
 
-    The map predicts (gamma - 1, beta) and starts at zero, so the layer starts as plain layer
-    norm and the classes separate through training. ``conditional=False`` (the no-CP ablation)
-    is an ordinary layer norm with a learned affine; it ignores y and z.
+    The map predicts (gamma - 1, beta); its weights start N(0, init_std) (0: the layer starts
+    as plain layer norm) and its bias at zero. ``conditional=False`` (the no-CP ablation) is an
+    ordinary layer norm with a learned affine; it ignores y and z.
     """
 
-    def __init__(self, dim: int, num_classes: int, z_dim: int, conditional: bool = True):
+    def __init__(self, dim: int, num_classes: int, z_dim: int, conditional: bool = True, init_std: float = 0.0):
         super().__init__()
-        self.num_classes, self.conditional = num_classes, conditional
+        self.num_classes, self.conditional, self.init_std = num_classes, conditional, init_std
         self.norm = nn.LayerNorm(dim, eps=1e-6, elementwise_affine=not conditional)
         self.proj = nn.Linear(num_classes + z_dim, 2 * dim) if conditional else None
         self.reset_projection()
 
     def reset_projection(self) -> None:
         if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)
+            nn.init.normal_(self.proj.weight, 0.0, self.init_std) if self.init_std > 0 else nn.init.zeros_(
+                self.proj.weight)
             nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, z: torch.Tensor | None = None) -> torch.Tensor:
@@ -234,12 +248,12 @@ class EncoderBlock(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, fused: bool, window: int | None = None,
-                 num_classes: int = 0, z_dim: int = 0, conditional: bool = False):
+                 num_classes: int = 0, z_dim: int = 0, conditional: bool = False, cln_init_std: float = 0.0):
         super().__init__()
         self.window = window
-        self.norm1 = ConditionalLayerNorm(dim, num_classes, z_dim, conditional)
+        self.norm1 = ConditionalLayerNorm(dim, num_classes, z_dim, conditional, cln_init_std)
         self.attn = MultiHeadAttention(dim, num_heads, fused)
-        self.norm2 = ConditionalLayerNorm(dim, num_classes, z_dim, conditional)
+        self.norm2 = ConditionalLayerNorm(dim, num_classes, z_dim, conditional, cln_init_std)
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
@@ -254,7 +268,7 @@ class EncoderBlock(nn.Module):
 
 
 def _init_vit(model: nn.Module) -> None:
-    """ViT/TransGAN init: linears N(0, 0.02) truncated, zero biases; class projections back to zero."""
+    """ViT/TransGAN init: linears N(0, 0.02) truncated, zero biases; class projections as configured."""
     for m in model.modules():
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -294,7 +308,7 @@ class ViTGenerator(nn.Module):
             self.pos.append(nn.Parameter(torch.zeros(1, side * side, width)))
             self.stages.append(nn.ModuleList(
                 EncoderBlock(width, cfg.num_heads, cfg.mlp_ratio, fused=True, window=window,
-                             num_classes=nc, z_dim=cfg.z_chunk, conditional=cp)
+                             num_classes=nc, z_dim=cfg.z_chunk, conditional=cp, cln_init_std=cfg.cln_init_std)
                 for _ in range(cfg.depth)))
         self.to_rgb = nn.Linear(cfg.g_widths[-1], 3)  # per-token (1x1 conv), as TransGAN
         _init_vit(self)
@@ -393,12 +407,19 @@ class ViTDiscriminator(nn.Module):
 class MultiLossWeight(nn.Module):
     """The learned sigma = (sigma_real, sigma_syn) of eq. 7, zero at start (both weights 1).
 
-    Unclamped: the paper lets sigma range over the reals ("an infinitely regularized value").
+    The paper lets sigma range over the reals ("an infinitely regularized value"); with
+    `sigma_min`, project_() holds it above that bound after each optimiser step.
     """
 
-    def __init__(self):
+    def __init__(self, sigma_min: float | None = None):
         super().__init__()
         self.sigma = nn.Parameter(torch.zeros(2))
+        self.sigma_min = sigma_min
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        if self.sigma_min is not None:
+            self.sigma.clamp_(min=self.sigma_min)
 
     def forward(self, loss_real: torch.Tensor, loss_syn: torch.Tensor, present=None) -> torch.Tensor:
         return multi_loss_weighting(loss_real, loss_syn, self.sigma, present)
@@ -410,7 +431,7 @@ class Critic(nn.Module):
     def __init__(self, cfg: ViTGANConfig):
         super().__init__()
         self.d = ViTDiscriminator(cfg)
-        self.mlw = MultiLossWeight()
+        self.mlw = MultiLossWeight(cfg.sigma_min)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.d(x)
@@ -511,10 +532,16 @@ def discriminator_loss(D, mlw: MultiLossWeight, real: torch.Tensor, real_labels:
     return total, parts
 
 
-def generator_loss(D, fake: torch.Tensor, fake_labels: torch.Tensor) -> torch.Tensor:
-    """-f1(D(G(z, c))) + cross-entropy of the class head against c (G also maximises L_C, eq. 3)."""
+def generator_loss(D, fake: torch.Tensor, fake_labels: torch.Tensor, class_weight=1.0) -> torch.Tensor:
+    """-f1(D(G(z, c))) + class_weight x cross-entropy of the class head against c.
+
+    G also maximises L_C (eq. 3) through L_total = L_S + L_mlw (eq. 8), where the synthetic
+    class term is weighted by exp(-sigma_syn): pass that (detached; sigma is the critic's) as
+    class_weight. Unweighted, the class term outgrew the source term on small data and G
+    collapsed to one easily classified image per class.
+    """
     source, logits = D(fake)
-    return -source.mean() + F.cross_entropy(logits.float(), fake_labels)
+    return -source.mean() + class_weight * F.cross_entropy(logits.float(), fake_labels)
 
 
 
