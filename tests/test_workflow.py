@@ -184,8 +184,17 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
         _, kept, _ = read_store(gen / f"filters/{name}/selected.h5")
         assert np.bincount(kept).tolist() == [5, 5], name
         assert (gen / f"filters/{name}/feature_map.png").read_bytes()[:4] == b"\x89PNG"
-    quality = pd.read_csv(tmp / "results/pcam/tables/quality.tsv", sep="\t")
-    assert len(quality) == len(GAN_MICRO["filters"])
+    quality = pd.read_csv(tmp / "results/pcam/tables/quality.tsv", sep="\t", keep_default_na=False)
+    assert quality.generator.tolist() == ["real"] + ["histogan"] * len(GAN_MICRO["filters"])  # reference row first
+    verdict = json.loads((gen / "convergence.json").read_text())
+    assert verdict["epoch"] == json.loads((gen / "selected.json").read_text())["epoch"]
+    assert isinstance(verdict["converged"], bool) and verdict["pool"]["n_fake"] == 10  # r N_i per class
+    assert (gen / "fid_curve.png").read_bytes()[:4] == b"\x89PNG"
+    reference = json.loads((tmp / "results/pcam/feature_extractor/subset0/reference.json").read_text())
+    assert reference["kept"]["counts"] == {"0": 5, "1": 5} and reference["scoring"]["counts"] == {"0": 4, "1": 4}
+    # The verdict's thresholds rerun the verdicts and the table only.
+    changed = {**config, "quality": {**config["quality"], "converged": {"max_fid_ratio": 3}}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"convergence": 1, "quality_table": 1}
     # A filter setting reruns that filter only (and the table); one no filter reads, nothing.
     changed = {**config, "filtering": {**config["filtering"], "mc_passes": 3}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 1, "quality": 1, "quality_table": 1}
@@ -194,7 +203,7 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     changed = {**config, "filters": [*config["filters"], "realism_class"]}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 1, "quality": 1, "quality_table": 1}
     changed = {**config, "selection": {**config["selection"], "alpha": 0.9}}
-    downstream = {"generate": 1, "filter": 2, "quality": 2, "quality_table": 1}
+    downstream = {"generate": 1, "filter": 2, "quality": 2, "quality_table": 1, "convergence": 1}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 1, **downstream}
     changed = {**config, "generation": {**config["generation"], "seed": 3}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == downstream
@@ -205,7 +214,7 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     weights.write_bytes(b"stand-in: a dry run only checks that the file exists")
     changed = {**config, "selection": {**config["selection"], "inception_weights": str(weights)}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {
-        "inception_stats": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
+        "inception_stats": 1, "reference_quality": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
 
 
 SYNTHETIC_STRATEGIES = ["augment", "transfer", "synthetic_only"]

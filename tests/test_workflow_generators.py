@@ -54,15 +54,18 @@ def test_latent_diffusion_branch_and_what_its_settings_rerun(finished_run):
     assert json.loads((results / "vae/subset0/metrics.json").read_text())["latent_shape"] == [4, 8, 8]
     images, labels, _ = read_store(results / "generators/ldm_dit/subset0/pool.h5")
     assert np.bincount(labels).tolist() == [20, 20] and images.shape[1:] == (32, 32, 3)
+    # The VAE bound: its reconstructions of the reference's validation draw (r N_i = 5 per class).
+    assert json.loads((results / "vae/subset0/quality.json").read_text())["domain"]["n_fake"] == 10
+    assert "VAE rec. FID" in (results / "tables/quality.md").read_text()
     # The sampler never retrains; the VAE retrains the denoiser; neither touches the classifiers.
     sampling = {**config, "generator": {**config["generator"],
                                         "ldm_dit": {**LDM_MICRO["generator"]["ldm_dit"], "sampling": {"steps": 5}}}}
-    downstream = {"generate": 1, "filter": 1, "quality": 1, "quality_table": 1}
+    downstream = {"generate": 1, "filter": 1, "quality": 1, "quality_table": 1, "convergence": 1}
     assert scheduled_jobs(snakemake(tmp, sampling, "-n")) == {"score_checkpoints": 1, "select_checkpoint": 1,
                                                               **downstream}
     vae = {**config, "vae": {**LDM_MICRO["vae"], "epochs": 2}}
     branch = {"train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
-    assert scheduled_jobs(snakemake(tmp, vae, "-n")) == {"train_vae": 1, **branch}
+    assert scheduled_jobs(snakemake(tmp, vae, "-n")) == {"train_vae": 1, "vae_quality": 1, **branch}
     # One generator's epochs: its branch only, never HistoGAN's beside it.
     epochs = {**config, "generator": {**config["generator"], "ldm_dit": {**LDM_MICRO["generator"]["ldm_dit"],
                                                                          "epochs": 3}}}
@@ -86,7 +89,7 @@ def test_editing_a_stages_code_reruns_that_stage_onward(finished_run):
     tmp, config = finished_run
     config = {**config, **LDM_MICRO}
     dit_branch = {"train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, "generate": 1, "filter": 1,
-                  "quality": 1, "quality_table": 1}
+                  "quality": 1, "quality_table": 1, "convergence": 1}
     edited = _edited_copy(tmp / "dit_edit", "models/dit", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == dit_branch
     edited = _edited_copy(tmp / "aggregate_edit", "aggregate", "\nEDITED = True\n")

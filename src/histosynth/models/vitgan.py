@@ -64,6 +64,22 @@ class ViTGANConfig:
     # Std of the conditional-layer-norm projections' initial weights (0: start as plain layer
     # norm, zero-initialised like adaLN-Zero). Zero means z_1..z_3 reach no layer at first.
     cln_init_std: float = 0.0
+    # Std of the input projection's initial weights, which make the tokens X_0 from [c, z_0].
+    # None: 1 / sqrt(fan-in), so X_0 starts at unit scale. TransGAN's 0.02 (everything else
+    # here) starts X_0 at ~0.02-0.06, far below what the encoder blocks add to the residual
+    # stream: on the demo the stream's per-sample part was 1 % of its total at the last stage
+    # and every z gave the same image within 30 steps.
+    input_std: float | None = None
+    # Minibatch standard deviation (ProGAN, Karras et al. 2018 §3) as one more token of the
+    # critic's head stage: the critic sees how much a group of images varies, so a generator
+    # that makes one image for every z is told apart from real data. The paper has none; without
+    # it the demo's generator collapsed to one image for every z and label (see docs).
+    minibatch_std: bool = True
+    # Divide z by the standard deviation of TruncNormal(-tau, tau) inside G, so the truncation
+    # bounds z without shrinking it: at tau = 0.7 its std is 0.39, and the z-dependent part of
+    # the input started 2.5x smaller than with untruncated noise. Paper silent (BigGAN truncates
+    # at sampling only); on the demo, unnormalised z at tau 0.7 collapsed and tau 2 did not.
+    normalize_z: bool = True
     class_projection: bool = True  # ablation (Table II "CP"): False = plain layer norm, no skip-z
     selective: bool = True  # ablation (Table II "SA"): False = every synthetic image in the class loss
 
@@ -77,7 +93,7 @@ class ViTGANConfig:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"{name}.{f} must be a finite number, got {v!r}")
-        for f in ("class_projection", "selective"):
+        for f in ("class_projection", "selective", "minibatch_std", "normalize_z"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"{name}.{f} must be true or false, got {getattr(self, f)!r}")
         if self.num_classes < 2:
@@ -107,6 +123,9 @@ class ViTGANConfig:
                                            or not isinstance(self.sigma_min, (int, float))
                                            or not math.isfinite(self.sigma_min)):
             raise ValueError(f"{name}.sigma_min must be null or a finite number, got {self.sigma_min!r}")
+        if self.input_std is not None and (isinstance(self.input_std, bool) or not isinstance(
+                self.input_std, (int, float)) or not self.input_std > 0):
+            raise ValueError(f"{name}.input_std must be null or a positive number, got {self.input_std!r}")
         if self.cln_init_std < 0:
             raise ValueError(f"{name}.cln_init_std must be >= 0, got {self.cln_init_std}")
         if self.gp_weight < 0:
@@ -312,6 +331,7 @@ class ViTGenerator(nn.Module):
                 for _ in range(cfg.depth)))
         self.to_rgb = nn.Linear(cfg.g_widths[-1], 3)  # per-token (1x1 conv), as TransGAN
         _init_vit(self)
+        nn.init.normal_(self.input.weight, 0.0, cfg.input_std or self.input.in_features ** -0.5)
         for p in self.pos:
             nn.init.trunc_normal_(p, std=0.02)
 
@@ -320,6 +340,8 @@ class ViTGenerator(nn.Module):
         if z.dim() != 2 or z.shape[1] != cfg.z_dim or y.shape != (z.shape[0],):
             raise ValueError(f"z must be (N, {cfg.z_dim}) and y (N,), got {tuple(z.shape)} and {tuple(y.shape)}")
         n = z.shape[0]
+        if cfg.normalize_z:
+            z = z / truncated_normal_std(cfg.tau)
         chunks = z.chunk(NUM_STAGES, dim=1)
         onehot = F.one_hot(y, cfg.num_classes).to(z.dtype)
         h = self.input(torch.cat([onehot, chunks[0] if cfg.class_projection else z], dim=1))
@@ -370,6 +392,7 @@ class ViTDiscriminator(nn.Module):
             for c in widths)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.src_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.mbstd = nn.Linear(1, d) if cfg.minibatch_std else None  # the group's spread, embedded as a token
         # §III-A: "two ViT encoders that handle the class and source heads, respectively": one
         # encoder per head, both over [class token, source token, tokens].
         self.class_block = EncoderBlock(d, cfg.num_heads, cfg.mlp_ratio, fused=False)
@@ -399,9 +422,22 @@ class ViTDiscriminator(nn.Module):
                 h = block(h)
         h = _to_tokens(F.avg_pool2d(_to_map(h, grids[2]), 2)) + self.pos[3]
         h = torch.cat([self.cls_token.expand(n, -1, -1), self.src_token.expand(n, -1, -1), h], dim=1)
-        source = self.source_head(self.source_norm(self.source_block(h)[:, 1])).squeeze(1)
+        # Only the source head sees the group's spread: the class head stays a per-image classifier.
+        src = h if self.mbstd is None else torch.cat([h, self.mbstd(minibatch_std(h[:, 2:]))[:, None]], dim=1)
+        source = self.source_head(self.source_norm(self.source_block(src)[:, 1])).squeeze(1)
         logits = self.class_head(self.class_norm(self.class_block(h)[:, 0]))
         return source, logits
+
+
+def minibatch_std(h: torch.Tensor, group: int = 4) -> torch.Tensor:
+    """(N, 1): per image, the mean standard deviation of its group's tokens (groups of
+    `group` consecutive images, or the whole batch when it does not divide)."""
+    n = h.shape[0]
+    g = group if n % group == 0 else n
+    if g < 2:
+        return h.new_zeros(n, 1)
+    spread = h.float().view(n // g, g, -1).std(dim=1).mean(dim=1)  # (N / g,)
+    return spread.repeat_interleave(g)[:, None].to(h.dtype)
 
 
 class MultiLossWeight(nn.Module):
@@ -460,6 +496,12 @@ def truncated_normal(shape, tau: float, generator: torch.Generator | None = None
         z = torch.where(bad, torch.randn(shape, generator=generator, device=dev), z)
         bad = z.abs() > tau
     return z
+
+
+def truncated_normal_std(tau: float) -> float:
+    """Standard deviation of N(0, 1) truncated to [-tau, tau]: sqrt(1 - 2 tau phi(tau) / (2 Phi(tau) - 1))."""
+    phi = math.exp(-tau * tau / 2) / math.sqrt(2 * math.pi)
+    return math.sqrt(1 - 2 * tau * phi / math.erf(tau / math.sqrt(2)))
 
 
 def gradient_penalty(D, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
