@@ -243,20 +243,21 @@ def reference_quality(smk):
     """Real validation vs real training subset, drawn like checkpoint scoring and like the filters' kept sets."""
     from .features import domain_extractor, extract_features, inception_extractor, load_stats
     from .reference import write_reference
-    from .store import read_store
+    from .store import read_labels, read_store, store_info
 
     _threads(smk.threads)
     p = smk.params
-    valid, valid_labels, class_names = read_store(smk.input.valid)
-    counts, draws = _reference_draws(smk, valid_labels)
+    counts, draws = _reference_draws(smk, read_labels(smk.input.valid))
+    class_names = store_info(smk.input.valid).class_names
     device = _gpu_unless_cpu(p.device)
     extractors = {"domain": domain_extractor(smk.input.extractor, p.backbone, len(class_names))}
     real = {"domain": load_stats(smk.input.stats)["features"]}
     if "inception_stats" in smk.input.keys():
         extractors["inception"] = inception_extractor(smk.input.inception_weights)
         real["inception"] = load_stats(smk.input.inception_stats)["features"]
-    features = {d: {space: extract_features(ext, valid[idx], p.batch_size, device) for space, ext in extractors.items()}
-                for d, idx in draws.items()}
+    images = {d: read_store(smk.input.valid, idx)[0] for d, idx in draws.items()}  # the draws only, not all of it
+    features = {d: {space: extract_features(ext, images[d], p.batch_size, device) for space, ext in extractors.items()}
+                for d in draws}
     write_reference(smk.output.reference, real, features, counts, subset=int(smk.wildcards.subset), quality=p.quality)
 
 
@@ -268,16 +269,16 @@ def vae_quality(smk):
 
     from .features import domain_extractor, extract_features, load_stats
     from .reference import write_vae_quality
-    from .store import read_store
+    from .store import read_labels, read_store
     from .vae_training import load_vae, reconstruct_images
 
     _threads(smk.threads)
     p = smk.params
-    valid, valid_labels, class_names = read_store(smk.input.valid)
-    _, draws = _reference_draws(smk, valid_labels)
+    _, draws = _reference_draws(smk, read_labels(smk.input.valid))
+    valid, _, class_names = read_store(smk.input.valid, draws["kept"])
     device = torch.device(_gpu_unless_cpu(p.device))
     vae, _ = load_vae(smk.input.vae, device)
-    recon = reconstruct_images(vae, valid[draws["kept"]], p.batch_size)
+    recon = reconstruct_images(vae, valid, p.batch_size)
     extractor = domain_extractor(smk.input.extractor, p.backbone, len(class_names))
     with open(smk.input.vae_metrics) as f:
         psnr = json.load(f)["valid_psnr"]

@@ -47,8 +47,10 @@ class HistoGANConfig:
     d_projection: bool = False  # paper conditions D by CBN only; projection term (Miyato & Koyama 2018) is opt-in
     attn_pool: bool = True  # 2x2 max-pool keys/values as in the official SAGAN code: 4x less attention memory
     # §4.2.1: "the parameter delta for WGAN-GP loss is set to 50". The penalty weight (lambda = 10
-    # in Gulrajani et al.) is WGAN-GP's only loss parameter, so delta is read as lambda.
-    gp_weight: float = 50.0
+    # in Gulrajani et al.) is WGAN-GP's only loss parameter, so delta reads as lambda = 50; with
+    # it (and the paper's lr 2e-4) the demo HistoGAN made framed colour noise, with Gulrajani
+    # et al.'s 10 (and their Adam lr 1e-4, betas (0, 0.9)) tissue colours. 50 stays one switch away.
+    gp_weight: float = 10.0
     # Critic normalisation. The paper uses class-conditional batch norm ("batch"); with WGAN-GP
     # that collapsed to one flat colour on real tissue in our checks (docs/benchmarks.md, "GAN
     # convergence"), while the per-sample conditional layer norm that WGAN-GP's authors
