@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from histosynth.augment import AugmentConfig
 from histosynth.batches import BatchIterator
-from histosynth.classifier import build_classifier, eval_batches, pick_device, predict_proba
+from histosynth.batches import pick_device
+from histosynth.classifier import build_classifier, eval_batches, predict_proba
 
 
 def main():

@@ -9,7 +9,8 @@ import torch
 from histosynth.classifier import build_classifier
 from histosynth.errors import InputError
 from histosynth.features import domain_extractor, extract_features
-from histosynth.filtering import FilterConfig, filter_pool, target_counts
+from histosynth.filtering import FilterConfig, filter_pool
+from histosynth.reference import target_counts
 from histosynth.gan_training import GANTrainConfig, train_gan
 from histosynth.generate import generate_pool
 from histosynth.store import read_extra, read_store

@@ -21,7 +21,7 @@ import torchvision
 from tqdm import tqdm
 
 from .augment import AugmentConfig
-from .batches import BatchIterator
+from .batches import BatchIterator, pick_device
 from .checkpoint import load_resume_state, remove_resume_state, save_resume_state
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
@@ -68,13 +68,6 @@ class ClassifierConfig:
     augmentation: dict = field(default_factory=dict)  # AugmentConfig fields, for `traditional`
     code: str = ""  # hash of the stage's modules (provenance.py): edited code never resumes an old run
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("classifier.device is 'cuda' but no CUDA device is visible")
-    return torch.device(name)
 
 
 class Classifier(nn.Module):

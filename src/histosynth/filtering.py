@@ -20,6 +20,7 @@ from . import filters
 from .errors import InputError
 from .fileio import write_json
 from .metrics import realism_score
+from .reference import target_counts
 from .store import read_extra, read_store, write_store
 
 FILTERS = ("none", "histogan", "realism", "realism_class", "confidence")
@@ -41,12 +42,6 @@ class FilterConfig:
     def __post_init__(self):
         if self.name not in FILTERS:
             raise InputError(f"filter '{self.name}' is not one of {list(FILTERS)}")
-
-
-def target_counts(real_labels: np.ndarray, n_classes: int, ratio: float) -> dict[int, int]:
-    """r·N_i per class, N_i = real training images of class i."""
-    counts = np.bincount(real_labels, minlength=n_classes)
-    return {c: int(round(ratio * n)) for c, n in enumerate(counts)}
 
 
 class _Scorer:

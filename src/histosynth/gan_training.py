@@ -28,10 +28,9 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as ddp
-from .batches import BatchIterator
+from .batches import BatchIterator, pick_device
 from .checkpoint import (list_checkpoints, load_resume_state, rng_state, save_checkpoint, save_resume_state,
                          set_rng_state)
-from .classifier import pick_device
 from .errors import InputError
 from .fileio import write_text
 

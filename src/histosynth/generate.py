@@ -13,7 +13,6 @@ from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_checkpoint
 from .errors import InputError
-from .features import extract_features, gaussian_stats
 from .fileio import atomic_path, write_text
 from .metrics import frechet_distance, kernel_inception_distance, precision_recall
 from .store import write_store
@@ -138,6 +137,8 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
     differences between epochs come from the weights, not from sampling noise; the
     images are generated once per snapshot and shared by all feature spaces.
     """
+    from .features import extract_features, gaussian_stats  # torchvision: only scoring needs it
+
     snapshots = list_checkpoints(ckpt_dir)
     if not snapshots:
         raise InputError(f"{ckpt_dir}: no generator snapshots to score (check save_from < epochs)")

@@ -35,6 +35,12 @@ from .quality import quality_metrics
 DESIGNS = ("scoring", "kept")
 
 
+def target_counts(real_labels: np.ndarray, n_classes: int, ratio: float) -> dict[int, int]:
+    """r·N_i per class, N_i = real training images of class i."""
+    counts = np.bincount(real_labels, minlength=n_classes)
+    return {c: int(round(ratio * n)) for c, n in enumerate(counts)}
+
+
 def scoring_counts(labels: np.ndarray, n_classes: int, per_class: int) -> dict[int, int]:
     """Images per class for checkpoint scoring: per_class x n_classes in the subset's class proportions.
 

@@ -185,7 +185,7 @@ def train_vae(smk):
 
 def inception_stats(smk):
     """pytorch-fid Inception statistics of the real subset, for standard FID."""
-    from .classifier import pick_device
+    from .batches import pick_device
     from .features import extract_features, inception_extractor, save_stats
     from .split import read_subset
     from .store import read_store
@@ -227,8 +227,7 @@ def select_checkpoint(smk):
 
 def _reference_draws(smk, valid_labels):
     """The validation images each reference design compares with the subset (histosynth.reference)."""
-    from .filtering import target_counts
-    from .reference import draw_per_class, scoring_counts
+    from .reference import draw_per_class, scoring_counts, target_counts
     from .split import read_subset
     from .store import read_store
 
@@ -295,8 +294,7 @@ def convergence(smk):
     import pandas as pd
 
     from .features import domain_extractor, extract_features, load_stats
-    from .filtering import target_counts
-    from .reference import first_per_class, write_convergence
+    from .reference import first_per_class, target_counts, write_convergence
     from .selection import plot_curve
     from .split import read_subset
     from .store import read_store
@@ -326,7 +324,7 @@ def generate(smk):
     import json
 
     from .checkpoint import checkpoint_path
-    from .filtering import target_counts
+    from .reference import target_counts
     from .generate import generate_pool
     from .split import read_subset
     from .store import read_store

@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .batches import BatchIterator
+from .batches import BatchIterator, pick_device
 from .checkpoint import load_resume_state, remove_resume_state, rng_state, save_resume_state, set_rng_state
-from .classifier import pick_device
 from .errors import InputError
 from .fileio import atomic_path, write_json, write_text
 from .models.vae import VAE, VAEConfig, vae_loss
