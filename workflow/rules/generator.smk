@@ -96,6 +96,8 @@ rule train_vae:
     params:
         cfg=lambda w: vae_params(),
     threads: config["vae"]["threads"]
+    # Long jobs first: each VAE gates both latent-diffusion trainings of its subset.
+    priority: 2
     resources:
         gpu=0 if config["vae"]["device"] == "cpu" else 1,
     log:
@@ -147,6 +149,7 @@ rule train_generator:
     params:
         cfg=lambda w: generator_params(w.generator),
     threads: lambda w: GENERATORS[w.generator]["threads"]
+    priority: 1  # before the classifier runs that do not wait for it
     resources:
         # `gpus` > 1: one torchrun process per GPU (DistributedDataParallel, histosynth.distributed).
         gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else GENERATORS[w.generator].get("gpus", 1),
