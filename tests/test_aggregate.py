@@ -362,3 +362,40 @@ def test_figures_are_written(tmp_path):
     for png in (fig5, fig6):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_rows_trained_on_a_not_converged_generator_are_flagged(tmp_path, monkeypatch):
+    """The classification table, its TSV and both figures say which generators failed the verdict."""
+    runs = make_runs()
+    runs += [{**r, "strategy": "synthetic_only"} for r in runs if r["strategy"] == "augment"]
+    verdicts = []
+    for gen, subset_ok in (("histogan", (True, True)), ("ldm_unet", (False, True))):
+        for subset, ok in enumerate(subset_ok):
+            p = tmp_path / f"conv_{gen}_{subset}.json"
+            p.write_text(json.dumps({"generator": gen, "subset": subset, "converged": ok, "rule": "FID ≤ 5×"}))
+            verdicts.append(p)
+    out = outputs(tmp_path)
+    table = aggregate_classification(write_metrics(tmp_path, runs), *out, convergence_paths=verdicts)
+    md = out[1].read_text()
+    assert "| LDM U-Net augmentation ⚠ not converged (1 of 2 subsets) |" in md
+    assert "| HistoGAN augmentation |" in md and "⚠ not converged: LDM U-Net" in md
+    assert "⚠ not converged" in out[3].read_text() and r"$\dagger$" in out[2].read_text()
+    conv = dict(zip(zip(table.strategy, table.generator), table.converged))
+    assert conv[("augment", "ldm_unet")] == 0.5 and conv[("augment", "histogan")] == 1.0
+    assert np.isnan(conv[("baseline", "")])
+    # The legends: capture the labels the figures draw.
+    import histosynth.aggregate as agg
+
+    seen = []
+    real_panels = agg._bar_panels
+    monkeypatch.setattr(agg, "_bar_panels", lambda fig, axes, panels, x, series, *a: seen.append(
+        ([p[0] for p in panels], [s[1] for s in series])) or real_panels(fig, axes, panels, x, series, *a))
+    agg.plot_auc_by_strategy(out[4], tmp_path / "f5.png", convergence_paths=verdicts)
+    agg.plot_synthetic_only_auc(out[4], tmp_path / "f6.png", convergence_paths=verdicts)
+    assert seen[0][0] == ["HistoGAN", "LDM U-Net ⚠ not converged (1 of 2 subsets)"]
+    assert seen[1][1] == ["HistoGAN", "LDM U-Net ⚠ not converged (1 of 2 subsets)"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"generator": "x", "subset": 0}))
+    with pytest.raises(InputError, match="bad.json"):
+        aggregate_classification(write_metrics(tmp_path / "again", runs), *outputs(tmp_path / "again"),
+                                 convergence_paths=[bad])

@@ -49,8 +49,9 @@ def read_convergence(paths) -> dict[str, dict[str, dict]]:
         try:
             with open(path) as f:
                 v = json.load(f)
+            if not isinstance(v["converged"], bool) or not isinstance(v["rule"], str):
+                raise TypeError("'converged' must be true or false and 'rule' a string")
             out.setdefault(str(v["generator"]), {})[str(v["subset"])] = v
-            bool(v["converged"]), str(v["rule"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{path}: not a convergence verdict written by the convergence stage ({e!r})") from e
     return out
