@@ -4,7 +4,7 @@ Per family: the selected snapshot, its pool's FID, FID as a multiple of real vs 
 KID, precision and recall (convergence.json), the synthetic-only ResNet18's test AUC as a
 fraction of the real-data baseline's, and whether the issue-14 targets are met (FID <=
 3x real vs real, recall >= 40 %, synthetic-only AUC >= 0.9x baseline). Copies each
-family's FID curve and real-vs-synthetic grid to docs/convergence/.
+family's FID curve and real-vs-synthetic grid, shrunk, to docs/convergence/.
 
     .venv/bin/python bench/convergence_report.py results/convergence/demo docs/convergence
 """
@@ -12,11 +12,11 @@ family's FID curve and real-vs-synthetic grid to docs/convergence/.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 TARGETS = {"fid_ratio": 3.0, "recall": 0.4, "auc_ratio": 0.9}
 
@@ -41,7 +41,14 @@ def main(results: Path, docs: Path) -> None:
         print(f"| {gen_dir.name} | {v['epoch']} | {p['fid']:.1f} | {v['fid_ratio']:.2f} | {1e3 * p['kid']:.1f} | "
               f"{p['precision']:.2f} | {p['recall']:.2f} | {syn:.3f} ({syn / baseline:.2f}) | {verdict} |")
         for name in ("fid_curve", "samples"):
-            shutil.copy(gen_dir / f"subset0/{name}.png", docs / f"{gen_dir.name}_{name}.png")
+            small_png(gen_dir / f"subset0/{name}.png", docs / f"{gen_dir.name}_{name}.png")
+
+
+def small_png(src: Path, dst: Path, width: int = 720) -> None:
+    """A copy for the repository: at most `width` px wide, 256 colours (~10x smaller)."""
+    im = Image.open(src).convert("RGB")
+    im.thumbnail((width, width))
+    im.quantize(256).save(dst, optimize=True)
 
 
 if __name__ == "__main__":

@@ -56,10 +56,16 @@ class HistoGANConfig:
     # convergence"), while the per-sample conditional layer norm that WGAN-GP's authors
     # recommend ("layer") learned colour and variety. The default is the one that trains.
     d_norm: str = "layer"
+    # Padding of the generator's 3x3 convs. With zeros, every border pixel sees a constant the
+    # interior does not, and the samples carried a frame at each stage's scale (nested squares)
+    # that the WGAN-GP critic did not remove in 2 500 steps; "reflect" leaves no such constant.
+    g_padding: str = "reflect"
 
     def __post_init__(self):
         if self.d_norm not in CRITIC_NORMS:
             raise ValueError(f"HistoGANConfig.d_norm must be one of {sorted(CRITIC_NORMS)}, got {self.d_norm!r}")
+        if self.g_padding not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"HistoGANConfig.g_padding must be zeros, reflect or replicate, got {self.g_padding!r}")
 
     @property
     def num_stages(self) -> int:
@@ -147,9 +153,9 @@ class MinibatchDiscrimination(nn.Module):
 class UpBlock(nn.Module):
     """Bilinear x2 upsample -> 3x3 conv -> CBN -> ReLU (paper §4.2.1)."""
 
-    def __init__(self, cin: int, cout: int, num_classes: int):
+    def __init__(self, cin: int, cout: int, num_classes: int, padding: str):
         super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)  # bias is cancelled by BN
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, padding_mode=padding, bias=False)  # bias is cancelled by BN
         self.bn = ConditionalBatchNorm2d(cout, num_classes)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -160,11 +166,11 @@ class UpBlock(nn.Module):
 class ResBlock(nn.Module):
     """conv-CBN-ReLU-conv-CBN + identity, the StackGAN++ block with CBN in place of BN."""
 
-    def __init__(self, channels: int, num_classes: int):
+    def __init__(self, channels: int, num_classes: int, padding: str):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode=padding, bias=False)
         self.bn1 = ConditionalBatchNorm2d(channels, num_classes)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1, padding_mode=padding, bias=False)
         self.bn2 = ConditionalBatchNorm2d(channels, num_classes)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -173,9 +179,9 @@ class ResBlock(nn.Module):
 
 
 class ToRGB(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, padding: str):
         super().__init__()
-        self.conv = nn.Conv2d(channels, 3, 3, padding=1)
+        self.conv = nn.Conv2d(channels, 3, 3, padding=1, padding_mode=padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.conv(x))
@@ -202,18 +208,18 @@ class Generator(nn.Module):
         self.embed_bn = ConditionalBatchNorm2d(c, cfg.num_classes)
         self.stage1 = nn.ModuleList()
         for _ in range(n_up):
-            self.stage1.append(UpBlock(c, c // 2, cfg.num_classes))
+            self.stage1.append(UpBlock(c, c // 2, cfg.num_classes, cfg.g_padding))
             c //= 2
         self.attn = SelfAttention(c, pool=cfg.attn_pool)  # after stage I only (paper Fig. 3)
-        self.to_rgb = nn.ModuleList([ToRGB(c)])
+        self.to_rgb = nn.ModuleList([ToRGB(c, cfg.g_padding)])
         # Later stages refine the previous stage's features (no new noise): residual blocks, then one x2 block.
         self.res = nn.ModuleList()
         self.up = nn.ModuleList()
         for _ in sizes[1:]:
-            self.res.append(nn.ModuleList([ResBlock(c, cfg.num_classes) for _ in range(cfg.g_res_blocks)]))
-            self.up.append(UpBlock(c, max(c // 2, 1), cfg.num_classes))
+            self.res.append(nn.ModuleList([ResBlock(c, cfg.num_classes, cfg.g_padding) for _ in range(cfg.g_res_blocks)]))
+            self.up.append(UpBlock(c, max(c // 2, 1), cfg.num_classes, cfg.g_padding))
             c = max(c // 2, 1)
-            self.to_rgb.append(ToRGB(c))
+            self.to_rgb.append(ToRGB(c, cfg.g_padding))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         onehot = F.one_hot(y, self.cfg.num_classes).to(z.dtype)
