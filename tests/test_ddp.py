@@ -195,8 +195,10 @@ def test_ddp_step_equals_one_full_batch_step(tmp_path):
         scale = g.abs().max()
         assert scale > 1e-3, k  # gradients that mean something
         torch.testing.assert_close(d0["grad"][k], g, rtol=1e-5, atol=1e-6 * scale, msg=k)
-        # The check can fail: half a batch alone (no averaging) gives other gradients.
-        assert (half["grad"][k] - g).abs().max() > 1e-2 * scale, k
+        # The check can fail: half a batch alone (no averaging) gives other weight gradients
+        # (a bias's can nearly coincide: D.head.bias's is the batch mean of sigmoid - target).
+        if k.endswith("weight"):
+            assert (half["grad"][k] - g).abs().max() > 1e-2 * scale, k
     for net in ("G", "D"):  # and so the same weights after Adam's step
         for k, v in full["state"][net].items():
             torch.testing.assert_close(d0["state"][net][k], v, rtol=0, atol=1e-6, msg=k)

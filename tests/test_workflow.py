@@ -193,7 +193,7 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     reference = json.loads((tmp / "results/pcam/feature_extractor/subset0/reference.json").read_text())
     assert reference["kept"]["counts"] == {"0": 5, "1": 5} and reference["scoring"]["counts"] == {"0": 4, "1": 4}
     # The verdict's thresholds rerun the verdicts and the table only.
-    changed = {**config, "quality": {**config["quality"], "converged": {"max_fid_ratio": 3}}}
+    changed = {**config, "quality": {**config["quality"], "converged": {"max_fid_ratio": 4}}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"convergence": 1, "quality_table": 1}
     # A filter setting reruns that filter only (and the table); one no filter reads, nothing.
     changed = {**config, "filtering": {**config["filtering"], "mc_passes": 3}}

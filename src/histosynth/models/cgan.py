@@ -1,8 +1,9 @@
 """Latent-to-image conditional GAN (Andrei & Ionescu 2025, Annals ASR Sci. Inf., §3.1).
 
 Model code only. G: one-hot label ⊕ z (1500-d) -> linear projection -> reshape to a
-``filters x s x s`` map -> 5 stride-2 4x4 transposed convs (128 filters, LeakyReLU 0.2)
--> 3x3 conv to RGB + tanh. D: label broadcast as extra input channels -> 5 stride-2 4x4
+``filters x s x s`` map -> 5 x2 up-samplings (128 filters, LeakyReLU 0.2; the paper's stride-2
+4x4 transposed convs, or by default nearest x2 + 3x3 conv: ``CGANConfig.upsample``) -> 3x3 conv
+to RGB + tanh. D: label broadcast as extra input channels -> 5 stride-2 4x4
 conv blocks (LeakyReLU 0.2) -> flatten -> linear -> 1 logit (sigmoid/BCE applied in the loss).
 
 Resolution rule: the paper's 5 doublings (``num_up``) give ``s = image_size / 32`` (4 at its
@@ -41,6 +42,12 @@ class CGANConfig:
     # Paper: 5 deconvolutions in G and 5 conv blocks in D, i.e. a 4x4 first map at its 128 px.
     # At 32 px five would start from 1x1; num_up: 3 keeps the paper's 4x4 start there.
     num_up: int = 5
+    # Paper: stride-2 transposed convs ("deconv"). They give the four pixel parities different
+    # weights: on the demo tissue at 1 000 steps that G collapsed to one checkered grid (FID
+    # 5.4x real vs real, recall 0) and at 3 000 kept a diagonal checkerboard. "resize" (nearest
+    # x2, then a 3x3 conv; Odena et al. 2016) drew varied tissue colours at 1 000 steps (2.3x,
+    # recall 0.37). The default is the one that trains (docs/benchmarks.md).
+    upsample: str = "resize"
     # optimisation defaults (used by the training loop, kept here so one config carries the paper)
     lr: float = 2e-4
     beta1: float = 0.5
@@ -52,6 +59,8 @@ class CGANConfig:
                 "num_up"}
         for f in fields(self):
             v = getattr(self, f.name)
+            if f.name == "upsample":
+                continue
             if f.name in ints:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"CGANConfig.{f.name} must be a positive int, got {v!r}")
@@ -62,6 +71,8 @@ class CGANConfig:
         if self.image_size < 2**self.num_up:
             raise ValueError(f"CGANConfig.image_size must be >= {2**self.num_up} ({self.num_up} stride-2 layers, "
                              f"num_up), got {self.image_size}")
+        if self.upsample not in ("deconv", "resize"):
+            raise ValueError(f"CGANConfig.upsample must be deconv or resize, got {self.upsample!r}")
         if self.num_classes < 2:
             raise ValueError(f"CGANConfig.num_classes must be >= 2 for a conditional GAN, got {self.num_classes}")
         if self.kernel_size % 2:
@@ -82,7 +93,7 @@ class CGANConfig:
 
     @property
     def native_size(self) -> int:
-        """Size G's deconv stack produces before the (optional) downsample to image_size."""
+        """Size G's up-sampling stack produces before the (optional) downsample to image_size."""
         return self.start_size * 2**self.num_up
 
 
@@ -122,7 +133,11 @@ class Generator(nn.Module):
         self.project = nn.Linear(cfg.latent_dim + cfg.num_classes, f * s * s)
         layers: list[nn.Module] = [nn.LeakyReLU(cfg.leaky_slope)]  # projection is linear; keep it from collapsing into deconv 1
         for _ in range(cfg.num_up):
-            layers += [nn.ConvTranspose2d(f, f, k, stride=2, padding=(k - 2) // 2), nn.LeakyReLU(cfg.leaky_slope)]
+            if cfg.upsample == "deconv":
+                layers.append(nn.ConvTranspose2d(f, f, k, stride=2, padding=(k - 2) // 2))
+            else:
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(f, f, 3, padding=1)]
+            layers.append(nn.LeakyReLU(cfg.leaky_slope))
         # Paper: all 5 deconvs have 128 filters, then "the last convolutional layer" uses tanh -> a separate
         # RGB conv (3x3 'same', as in the Keras cGAN recipe this architecture follows).
         layers += [nn.Conv2d(f, cfg.channels, 3, padding=1), nn.Tanh()]
