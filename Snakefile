@@ -1,6 +1,8 @@
 # histosynth: do class-conditional synthetic images improve a histopathology
 # classifier? Run `snakemake --cores 8` (see README.md).
-from snakemake.utils import min_version, validate
+import sys
+
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -8,7 +10,12 @@ min_version("9.0")
 configfile: f"{workflow.basedir}/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+# Snakemake's validation (defaults filled in), its error cut to one line naming the key:
+# `config generator.histogan.model: unknown key 'z_dimm' (expected one of: ...)`.
+sys.path.insert(0, f"{workflow.basedir}/src")
+from histosynth.config_schema import validate_config  # noqa: E402
+
+validate_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from histosynth.augment import AugmentConfig
 from histosynth.batches import BatchIterator
-from histosynth.batches import pick_device
+from histosynth.torch_utils import pick_device
 from histosynth.classifier import build_classifier, eval_batches, predict_proba
 
 

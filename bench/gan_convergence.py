@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from histosynth.gan_training import ADAPTERS  # noqa: E402
+from histosynth.families import FAMILIES, family_module  # noqa: E402
 
 COLOURS = np.array([[0.9, 0.5, 0.7], [0.4, 0.2, 0.6]])
 MODELS = {
@@ -76,7 +76,7 @@ def class_colours(G, z_dim: int, n: int = 64) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("family", choices=sorted(ADAPTERS))
+    ap.add_argument("family", choices=sorted(f for f in FAMILIES if not FAMILIES[f].latent))
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--every", type=int, default=300)
     ap.add_argument("--batch", type=int, default=32)
@@ -97,7 +97,7 @@ def main() -> None:
     for key, value in (("gp_weight", args.gp_weight), ("d_norm", args.d_norm)):
         if value is not None:
             model_cfg[key] = value
-    model = ADAPTERS[args.family](model_cfg, 2, 32, 2e-4, (0.5, 0.999))
+    model = family_module(args.family).Trainer(model_cfg, 2, 32, 2e-4, (0.5, 0.999))
     t0 = time.perf_counter()
     for step in range(1, args.steps + 1):
         idx = torch.randint(0, len(x), (args.batch,))

@@ -19,24 +19,24 @@ from pathlib import Path
 
 import torch
 
-from histosynth.gan_training import ADAPTERS, LDM
+from histosynth.families import FAMILIES, family_module
 
 
 def build(family: str, image_size: int, tmp: Path):
     """The training adapter of one family at default sizes."""
-    if family not in LDM:
-        return ADAPTERS[family]({}, 2, image_size, 2e-4, (0.5, 0.999))
+    if not FAMILIES[family].latent:
+        return family_module(family).Trainer({}, 2, image_size, 2e-4, (0.5, 0.999))
     from histosynth.models.vae import VAE, VAEConfig
 
     vae = VAE(VAEConfig(image_size=image_size))
     torch.save({"model": asdict(vae.cfg), "state": vae.state_dict(), "latent_scale": 1.0, "epoch": 0}, tmp / "vae.pt")
-    model = ADAPTERS[family]({}, 2, image_size, 1e-4, (0.9, 0.999), vae_path=tmp / "vae.pt", diffusion={})
+    model = family_module(family).Trainer({}, 2, image_size, 1e-4, (0.9, 0.999), vae_path=tmp / "vae.pt", diffusion={})
     return model
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--family", default="histogan", choices=sorted(ADAPTERS))
+    ap.add_argument("--family", default="histogan", choices=sorted(FAMILIES))
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
@@ -59,11 +59,9 @@ def main():
         model.step(x, y, True)
     sync()
     train = args.batch_size * args.steps / (time.perf_counter() - t0)
-    if args.family in LDM:
-        from histosynth.ldm import LatentDiffusionGenerator
-
-        G = LatentDiffusionGenerator(args.family, {**model.snapshot(), "family": args.family},
-                                     {"steps": args.ddim_steps}).to(device)
+    if FAMILIES[args.family].latent:
+        G = family_module(args.family).load_generator({**model.snapshot(), "family": args.family}, device,
+                                                      {"steps": args.ddim_steps})
     else:
         G = model.G
     G.eval()

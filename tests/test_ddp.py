@@ -14,7 +14,6 @@ import socket
 import sys
 import time
 from dataclasses import asdict
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,14 +24,16 @@ import torch.multiprocessing as mp
 import histosynth.distributed as ddp
 import histosynth.gan_training as gt
 from histosynth.batches import BatchIterator
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.config_schema import train_config
+from histosynth.families import family_module
+from histosynth.gan_training import train_gan
 
 HISTOGAN = {"g_channels": 8, "d_channels": 8, "d_max_mult": 2, "z_dim": 16, "g_up_blocks": 2,
             "g_res_blocks": 1, "mbd_kernels": 4, "mbd_kernel_dim": 2}
 CGAN = {"latent_dim": 16, "filters": 8, "d_filters": 8}
 VITGAN = {"z_dim": 16, "embed_dim": 256, "depth": 1, "num_heads": 2, "d_embed_dim": 32, "d_patch_size": 2}
 MODELS = {"histogan": HISTOGAN, "cgan": CGAN, "vitgan": VITGAN}
-ADAPTERS = {"histogan": gt.HistoGANAdapter, "cgan": gt.CGANAdapter, "vitgan": gt.ViTGANAdapter}
+ADAPTERS = {family: family_module(family).Trainer for family in MODELS}
 
 
 def data(n=16, size=32):
@@ -41,8 +42,8 @@ def data(n=16, size=32):
 
 
 def cfg(family, **kw):
-    return GANTrainConfig(**{"family": family, "model": MODELS[family], "epochs": 2, "batch_size": 8,
-                             "save_from": 0, "save_every": 1, "n_eval_noise": 4, "device": "cpu", **kw})
+    return train_config(**{"family": family, "model": MODELS[family], "epochs": 2, "batch_size": 8,
+                           "save_from": 0, "save_every": 1, "n_eval_noise": 4, "device": "cpu", **kw})
 
 
 def _free_port() -> int:
@@ -80,11 +81,12 @@ class Killed(Exception):
 def _train(rank, out, family, epochs=2, kill_at=None):
     """Worker: train_gan as a rank; record which files it writes; save its final state."""
     made, writes = [], []
-    adapter = gt.ADAPTERS[family]
-    gt.ADAPTERS[family] = lambda *a, **k: made.append(adapter(*a, **k)) or made[-1]  # the trained model
-    save_checkpoint, write_text, save_resume = gt.save_checkpoint, gt.write_text, gt.save_resume_state
+    module = family_module(family)
+    trainer = module.Trainer
+    module.Trainer = lambda *a, **k: made.append(trainer(*a, **k)) or made[-1]  # the trained model
+    save_checkpoint, write_history, save_resume = gt.save_checkpoint, gt.write_history, gt.save_resume_state
     gt.save_checkpoint = lambda d, e, s: writes.append(f"epoch_{e:05d}.pt") or save_checkpoint(d, e, s)
-    gt.write_text = lambda p, t: writes.append(os.path.basename(p)) or write_text(p, t)
+    gt.write_history = lambda p, rows: writes.append(os.path.basename(p)) or write_history(p, rows)
     gt.save_resume_state = lambda p, s: writes.append(os.path.basename(p)) or save_resume(p, s)
     step, losses, rng = ADAPTERS[family].step, [], []
 
@@ -161,7 +163,7 @@ def _step(rank, out, x, y, z, distribute):
     """Worker: one cGAN step on this rank's half of batch (x, y) with noise z, with or without DDP."""
     device = ddp.setup(torch.device("cpu"))
     torch.manual_seed(0)
-    a = gt.CGANAdapter({**CGAN, "init_std": 0.2}, 2, 32, 2e-4, (0.5, 0.999))  # 0.02: vanishing G gradients
+    a = ADAPTERS["cgan"]({**CGAN, "init_std": 0.2}, 2, 32, 2e-4, (0.5, 0.999))  # 0.02: vanishing G gradients
     if distribute:
         a.distribute(lambda module, **kw: ddp.wrap(module, device, **kw))
     batches = ddp.shard(BatchIterator(x, y, len(x), shuffle=False, augment=None, seed=0)) if distribute else None
@@ -268,19 +270,16 @@ def _train_small_batch(rank, out):
     train_gan(x, y, 2, f"{out}/ckpt", f"{out}/losses.tsv", cfg("cgan", batch_size=1))
 
 
-class _Named(dict):
-    __getattr__ = dict.__getitem__
-
-
-def _smk(tmp_path, gpu, cfg_dict):
+def _train_generator(tmp_path, gpus, cfg_dict):
+    """The train_generator job's one call, on a small store."""
+    from histosynth.gan_training import train_generator
     from histosynth.store import write_store
 
     x, y = data()
     write_store(tmp_path / "train.h5", x, y, ["a", "b"])
     np.save(tmp_path / "subset.npy", np.arange(len(x)))
-    return SimpleNamespace(input=_Named(train=str(tmp_path / "train.h5"), subset=str(tmp_path / "subset.npy")),
-                           output=_Named(losses=str(tmp_path / "gen/losses.tsv")), params=_Named(cfg=cfg_dict),
-                           threads=2, resources=_Named(gpu=gpu))
+    train_generator(tmp_path / "train.h5", tmp_path / "subset.npy", tmp_path / "gen/losses.tsv",
+                    tmp_path / "gen/checkpoints", cfg_dict, threads=2, gpus=gpus)
 
 
 def test_stage_fails_with_torchrun_exit_status(tmp_path, capsys, monkeypatch):
@@ -288,10 +287,9 @@ def test_stage_fails_with_torchrun_exit_status(tmp_path, capsys, monkeypatch):
     fake.write_text('#!/bin/sh\necho "ranks ran: $*"\nexit 3\n')
     fake.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(fake))
-    from histosynth import stages
 
     with pytest.raises(SystemExit) as e:
-        stages.train_generator(_smk(tmp_path, 2, {"family": "cgan", "betas": [0.5, 0.999]}))
+        _train_generator(tmp_path, 2, {"family": "cgan", "betas": [0.5, 0.999]})
     assert e.value.code == 3
     out = capsys.readouterr()
     args = str(tmp_path / "gen/train_generator_ddp.json")
@@ -301,15 +299,13 @@ def test_stage_fails_with_torchrun_exit_status(tmp_path, capsys, monkeypatch):
 
 
 def test_stage_trains_under_torchrun(tmp_path, capsys):
-    from histosynth import stages
-
     def hung(*_):
         raise TimeoutError("torchrun still running after 300 s")  # the stage then terminates it
 
     old = signal.signal(signal.SIGALRM, hung)
     signal.alarm(300)
     try:
-        stages.train_generator(_smk(tmp_path, 2, asdict(cfg("histogan"))))
+        _train_generator(tmp_path, 2, asdict(cfg("histogan")))
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)

@@ -1,4 +1,4 @@
-"""Storage faults during a stage: a full disk or an unwritable output directory gives one
+"""Storage faults during a job (histosynth.job): a full disk or an unwritable output directory gives one
 clear error, leaves nothing half-written and never touches finished results."""
 
 import errno
@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-import histosynth.stages as stages
+from histosynth.job import job
 from histosynth.store import read_store, write_store
 
 IMAGES = np.zeros((4, 8, 8, 3), np.uint8)
@@ -16,13 +16,13 @@ LABELS = np.array([0, 1, 0, 1])
 
 
 def _smk(tmp_path, rule):
-    return SimpleNamespace(rule=rule, log=[str(tmp_path / "logs" / f"{rule}.log")], resources={}, config={})
+    return SimpleNamespace(rule=rule, log=[str(tmp_path / "logs" / f"{rule}.log")], resources={}, config={},
+                           threads=1)
 
 
 def _run_stage(tmp_path, monkeypatch, body):
-    monkeypatch.setattr(stages, "fake_stage", lambda smk: body(), raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        stages.run(_smk(tmp_path, "fake_stage"))
+    with pytest.raises(SystemExit) as exit_, job(_smk(tmp_path, "fake_stage")):
+        body()
     assert exit_.value.code == 1
     return (tmp_path / "logs/fake_stage.log").read_text()
 

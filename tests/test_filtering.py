@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from histosynth.classifier import build_classifier
+from histosynth.config_schema import train_config
 from histosynth.errors import InputError
 from histosynth.features import domain_extractor, extract_features
 from histosynth.filtering import FilterConfig, filter_pool
 from histosynth.reference import target_counts
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.gan_training import train_gan
 from histosynth.generate import generate_pool
 from histosynth.store import read_extra, read_store
 from test_gan_training import TINY, data
@@ -22,7 +23,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("filtering")
     x, y = data(n=16)
     train_gan(x, y, 2, tmp / "ckpt", tmp / "losses.tsv",
-              GANTrainConfig(family="histogan", model=TINY, epochs=2, batch_size=8, save_from=1, device="cpu"))
+              train_config(family="histogan", model=TINY, epochs=2, batch_size=8, save_from=1, device="cpu"))
     snapshot = tmp / "ckpt/epoch_00002.pt"
     targets = target_counts(y, 2, 0.5)  # 4 per class
     generate_pool(snapshot, {c: 4 * n for c, n in targets.items()}, ["normal", "tumor"], tmp / "pool.h5",
@@ -41,7 +42,7 @@ def run(setup, tmp_path, **cfg):
     return summary, images, labels
 
 
-@pytest.mark.parametrize("name", ["none", "histogan", "realism", "realism_class", "confidence"])
+@pytest.mark.parametrize("name", ["none", "selective", "realism", "realism_class", "confidence"])
 def test_every_filter_keeps_exactly_r_n_per_class(setup, tmp_path, name):
     cfg = {"name": name, "batch_size": 16, "mc_passes": 2, "realism_threshold": 0.0, "confidence_threshold": 0.0}
     summary, images, labels = run(setup, tmp_path, **cfg)
@@ -54,7 +55,7 @@ def test_every_filter_keeps_exactly_r_n_per_class(setup, tmp_path, name):
     np.testing.assert_array_equal(labels, pool_labels[idx])
     if name == "none":
         assert idx.tolist() == [0, 1, 2, 3, 16, 17, 18, 19]
-    if name == "histogan":
+    if name == "selective":
         assert read_extra(tmp_path / "selected.h5", "entropy").shape == (8,)
 
 
@@ -87,13 +88,12 @@ def test_unknown_filter():
 
 
 def test_confidence_filter_on_a_vitgan_pool_uses_its_own_class_head(setup, tmp_path):
-    from histosynth.filtering import _vitgan_critic
-    from histosynth.models.vitgan import class_probabilities
+    from histosynth.filtering import _critic
     from test_gan_training import VITGAN_TINY
 
     tmp, x, y, real_features, _ = setup
     train_gan(x, y, 2, tmp_path / "vit", tmp_path / "losses.tsv",
-              GANTrainConfig(family="vitgan", model=VITGAN_TINY, epochs=2, batch_size=8, save_from=1, device="cpu"))
+              train_config(family="vitgan", model=VITGAN_TINY, epochs=2, batch_size=8, save_from=1, device="cpu"))
     snapshot = tmp_path / "vit/epoch_00002.pt"
     generate_pool(snapshot, {0: 16, 1: 16}, ["normal", "tumor"], tmp_path / "pool.h5", batch_size=16)
     summary = filter_pool(FilterConfig(name="confidence", batch_size=16, confidence_threshold=0.0),
@@ -102,6 +102,6 @@ def test_confidence_filter_on_a_vitgan_pool_uses_its_own_class_head(setup, tmp_p
     assert summary["kept"] == {"normal": 4, "tumor": 4}
     pool, labels, _ = read_store(tmp_path / "pool.h5")
     idx = read_extra(tmp_path / "selected.h5", "pool_index")
-    expected = class_probabilities(_vitgan_critic(snapshot, "cpu"), pool[idx])[np.arange(len(idx)), labels[idx]]
+    expected = _critic(snapshot, "cpu")(pool[idx])[np.arange(len(idx)), labels[idx]]
     np.testing.assert_allclose(read_extra(tmp_path / "selected.h5", "score"), expected, rtol=1e-6)
-    assert _vitgan_critic(setup[4], "cpu") is None  # HistoGAN snapshots keep the domain classifier
+    assert _critic(setup[4], "cpu") is None  # HistoGAN snapshots keep the domain classifier

@@ -1,12 +1,16 @@
 """GAN training loop: snapshots, resume-after-kill equivalence, divergence stop."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import histosynth.gan_training as gt
 from histosynth.checkpoint import list_checkpoints
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.config_schema import train_config
+from histosynth.families import family_module
+from histosynth.gan_training import train_gan
 
 TINY = {"g_channels": 8, "d_channels": 8, "d_max_mult": 2, "z_dim": 16, "g_up_blocks": 2,
         "g_res_blocks": 1, "mbd_kernels": 4, "mbd_kernel_dim": 2}
@@ -18,17 +22,17 @@ def data(n=16, size=32):
 
 
 def cfg(**kw):
-    return GANTrainConfig(**{"family": "histogan", "model": TINY, "epochs": 3, "batch_size": 8,
-                             "save_from": 1, "save_every": 1, "n_eval_noise": 4, "device": "cpu", **kw})
+    return train_config(**{"family": "histogan", "model": TINY, "epochs": 3, "batch_size": 8,
+                           "save_from": 1, "save_every": 1, "n_eval_noise": 4, "device": "cpu", **kw})
 
 
 CGAN_TINY = {"latent_dim": 16, "filters": 8, "d_filters": 8}
 VITGAN_TINY = {"z_dim": 16, "embed_dim": 256, "depth": 1, "num_heads": 2, "d_embed_dim": 32, "d_patch_size": 2}
 
 
-@pytest.mark.parametrize("family,model,adapter", [("histogan", TINY, gt.HistoGANAdapter),
-                                                  ("cgan", CGAN_TINY, gt.CGANAdapter),
-                                                  ("vitgan", VITGAN_TINY, gt.ViTGANAdapter)])
+@pytest.mark.parametrize("family,model,adapter", [("histogan", TINY, family_module("histogan").Trainer),
+                                                  ("cgan", CGAN_TINY, family_module("cgan").Trainer),
+                                                  ("vitgan", VITGAN_TINY, family_module("vitgan").Trainer)])
 def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch, family, model, adapter):
     x, y = data()
     c = cfg(family=family, model=model)
@@ -65,7 +69,7 @@ def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch, family, 
 def test_changed_settings_do_not_resume(tmp_path, capsys):
     x, y = data()
     train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2))
-    train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2, lr=1e-4))
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "l.tsv", cfg(epochs=2, lr=2 * cfg().lr))
     assert "from other settings, code or data; training from epoch 1" in capsys.readouterr().out
 
 
@@ -86,7 +90,7 @@ def test_resume_state_of_another_architecture_restarts(tmp_path, capsys, monkeyp
 
 def test_divergence_names_the_epoch(tmp_path, monkeypatch):
     x, y = data()
-    monkeypatch.setattr(gt.HistoGANAdapter, "step",
+    monkeypatch.setattr(family_module("histogan").Trainer, "step",
                         lambda self, x, y, train_g: {"d_loss": torch.tensor(float("nan"))})
     with pytest.raises(RuntimeError, match="diverged at epoch 1: d_loss"):
         train_gan(x, y, 2, tmp_path / "n", tmp_path / "n.tsv", cfg())
@@ -97,7 +101,7 @@ def test_bad_settings(tmp_path):
     with pytest.raises(ValueError, match="save_from"):
         train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", cfg(save_from=3))
     with pytest.raises(ValueError, match="family"):
-        train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", cfg(family="stylegan"))
+        train_gan(x, y, 2, tmp_path, tmp_path / "l.tsv", dataclasses.replace(cfg(), family="stylegan"))
 
 
 def test_cgan_trains_snapshots_and_generates(tmp_path):

@@ -5,8 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from histosynth.config_schema import train_config
 from histosynth.features import extract_features, gaussian_stats
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.gan_training import train_gan
 from histosynth.generate import generate_pool, load_generator, sample_images, score_checkpoints
 from histosynth.store import read_store
 from test_gan_training import TINY, data
@@ -31,7 +32,7 @@ class MeanColour:
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gan")
     x, y = data()
-    cfg = GANTrainConfig(family="histogan", model=TINY, epochs=3, batch_size=8, save_from=1, device="cpu")
+    cfg = train_config(family="histogan", model=TINY, epochs=3, batch_size=8, save_from=1, device="cpu")
     train_gan(x, y, 2, tmp / "ckpt", tmp / "losses.tsv", cfg)
     return tmp, x
 

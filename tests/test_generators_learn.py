@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from histosynth.checkpoint import list_checkpoints
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.config_schema import train_config
+from histosynth.gan_training import train_gan
 from histosynth.generate import load_generator, sample_images
 
 
@@ -53,8 +54,8 @@ def test_samples_depend_on_z_and_label_after_training(family, tmp_path):
     torch.set_num_threads(1)
     x, y = toy_tissue()
     settings = FAMILIES[family]
-    cfg = GANTrainConfig(family=family, batch_size=16, save_from=settings["epochs"] - 1, device="cpu",
-                         **settings)  # 6 steps an epoch
+    cfg = train_config(family=family, batch_size=16, save_from=settings["epochs"] - 1, device="cpu",
+                       **settings)  # 6 steps an epoch
     train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv", cfg)
     G = load_generator(list_checkpoints(tmp_path / "ckpt")[-1][1])
     real_spread = np.mean([(x[y == c] / 255).std(0).mean() for c in (0, 1)]) / (x / 255).std((1, 2)).mean()
@@ -71,7 +72,7 @@ def test_the_check_fails_the_collapsed_vitgan(tmp_path):
     x, y = toy_tissue()
     settings = {**FAMILIES["vitgan"], "model": {**FAMILIES["vitgan"]["model"], "input_std": 0.02,
                                                 "minibatch_std": False, "normalize_z": False}}
-    cfg = GANTrainConfig(family="vitgan", batch_size=16, save_from=settings["epochs"] - 1, device="cpu", **settings)
+    cfg = train_config(family="vitgan", batch_size=16, save_from=settings["epochs"] - 1, device="cpu", **settings)
     train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv", cfg)
     spread, _ = spread_and_label_effect(load_generator(list_checkpoints(tmp_path / "ckpt")[-1][1]))
     assert spread < 0.05

@@ -1,4 +1,4 @@
-"""GPU slot allocator (histosynth.gpu_slots) and its hook in stages.run, on fake GPU lists:
+"""GPU slot allocator (histosynth.gpu_slots) and its hook in histosynth.job, on fake GPU lists:
 concurrent processes get different GPUs, a third waits, SIGKILL frees a GPU, scheduler
 settings are honoured, and a CPU-only machine fails fast unless allow_cpu is set."""
 
@@ -248,24 +248,25 @@ def test_importing_the_allocator_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONPATH": SRC})
 
 
-# --- the hook in stages.run ------------------------------------------------------
+# --- the hook in histosynth.job ---------------------------------------------------
 
 @pytest.fixture
-def stages(monkeypatch):
-    import histosynth.stages as stages
+def stages():
+    """run(smk): a job whose one call records the GPUs it was given."""
+    from histosynth.job import job
 
     seen = {}
 
-    def fake_stage(smk):
-        seen["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    def run(smk):
+        with job(smk):
+            seen["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES")
 
-    monkeypatch.setattr(stages, "fake_stage", fake_stage, raising=False)
-    return stages, seen
+    return SimpleNamespace(run=run), seen
 
 
 def fake_smk(tmp_path, gpu=1, allow_cpu=False):
     return SimpleNamespace(rule="fake_stage", log=[str(tmp_path / "logs" / "fake.log")],
-                           resources={"gpu": gpu}, config={"allow_cpu": allow_cpu})
+                           resources={"gpu": gpu}, config={"allow_cpu": allow_cpu}, threads=1)
 
 
 def test_gpu_job_without_gpu_fails_fast_unless_allow_cpu(tmp_path, monkeypatch, stages, capsys):

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from histosynth.checkpoint import list_checkpoints
+from histosynth.config_schema import train_config
 from histosynth.errors import InputError
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.gan_training import train_gan
 from histosynth.generate import load_generator, sample_images
-from histosynth.ldm import LDMAdapter
+from histosynth.ldm import LDMTrainer
 from histosynth.vae_training import VAETrainConfig, train_vae
 
 MODELS = {
@@ -36,9 +37,9 @@ def vae_path(tmp_path_factory):
 
 
 def cfg(family, **kw):
-    return GANTrainConfig(**{"family": family, "model": MODELS[family], "epochs": 3, "batch_size": 16, "lr": 1e-3,
-                             "betas": (0.9, 0.999), "save_from": 1, "device": "cpu",
-                             "diffusion": {"timesteps": 100, "ema_decay": 0.9}, **kw})
+    return train_config(**{"family": family, "model": MODELS[family], "epochs": 3, "batch_size": 16, "lr": 1e-3,
+                           "betas": (0.9, 0.999), "save_from": 1, "save_every": 1, "device": "cpu",
+                           "diffusion": {"timesteps": 100, "ema_decay": 0.9}, **kw})
 
 
 @pytest.mark.parametrize("family", list(MODELS))
@@ -48,7 +49,7 @@ def test_trains_resumes_to_the_same_weights_and_samples(tmp_path, monkeypatch, v
     assert [e for e, _ in list_checkpoints(tmp_path / "full")] == [2, 3]
     assert (tmp_path / "full.tsv").read_text().splitlines()[0].split("\t")[:2] == ["epoch", "loss"]
 
-    real_step, calls = LDMAdapter.step, []
+    real_step, calls = LDMTrainer.step, []
 
     def dies_in_epoch_3(self, *a, **k):
         calls.append(1)
@@ -56,10 +57,10 @@ def test_trains_resumes_to_the_same_weights_and_samples(tmp_path, monkeypatch, v
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
-    monkeypatch.setattr(LDMAdapter, "step", dies_in_epoch_3)
+    monkeypatch.setattr(LDMTrainer, "step", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train_gan(x, y, 2, tmp_path / "killed", tmp_path / "killed.tsv", cfg(family), vae_path=vae_path)
-    monkeypatch.setattr(LDMAdapter, "step", real_step)
+    monkeypatch.setattr(LDMTrainer, "step", real_step)
     train_gan(x, y, 2, tmp_path / "killed", tmp_path / "killed.tsv", cfg(family), vae_path=vae_path)
     full = torch.load(tmp_path / "full/epoch_00003.pt", weights_only=True)
     resumed = torch.load(tmp_path / "killed/epoch_00003.pt", weights_only=True)

@@ -10,8 +10,9 @@ import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from histosynth.aggregate import aggregate_classification, load_runs, paired_comparison, summarise
+from histosynth.config_schema import train_config
 from histosynth.errors import InputError
-from histosynth.gan_training import GANTrainConfig, train_gan
+from histosynth.gan_training import train_gan
 from histosynth.generators import resolve_generators
 from histosynth.models.vitgan import class_probabilities
 from histosynth.store import write_store
@@ -25,7 +26,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("unified")
     x, y = data(n=16)
     train_gan(x, y, 2, tmp / "checkpoints", tmp / "losses.tsv",
-              GANTrainConfig(family="vitgan", model=VITGAN_TINY, epochs=3, batch_size=8, save_from=1, device="cpu"))
+              train_config(family="vitgan", model=VITGAN_TINY, epochs=3, batch_size=8, save_from=1, device="cpu"))
     rng = np.random.default_rng(1)
     for split in ("valid", "test"):
         images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
@@ -62,8 +63,8 @@ def test_a_non_vitgan_snapshot_is_a_clear_error(tmp_path):
 
     x, y = data(n=16)
     train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv",
-              GANTrainConfig(family="histogan", model=TINY, epochs=1, batch_size=8, save_from=0, device="cpu"))
-    with pytest.raises(InputError, match="epoch_00001.pt.*needs a vitgan snapshot.*histogan"):
+              train_config(family="histogan", model=TINY, epochs=1, batch_size=8, save_from=0, device="cpu"))
+    with pytest.raises(InputError, match="epoch_00001.pt.*needs the snapshot.*vitgan.*histogan"):
         load_critic(tmp_path / "ckpt/epoch_00001.pt")
 
 

@@ -163,7 +163,7 @@ GAN_MICRO = {
                   "inception_weights": None},
     "generation": {"batch_size": 8},
     # Two filters keep the micro run short; tests/test_filtering.py runs every filter.
-    "filters": ["none", "histogan"],
+    "filters": ["none", "selective"],
     "filtering": {"batch_size": 8, "realism_threshold": 0.0, "confidence_threshold": 0.0},  # untrained GAN
     "quality": {"kid_subsets": 5, "max_points": 50},
 }
@@ -224,13 +224,13 @@ SYNTHETIC_STRATEGIES = ["augment", "transfer", "synthetic_only"]
 def test_synthetic_strategies_tables_figures_and_report(finished_run):
     tmp, config = finished_run
     config = {**config, **GAN_MICRO, "strategies": ["baseline", "traditional", *SYNTHETIC_STRATEGIES],
-              "filters": ["histogan"]}
+              "filters": ["selective"]}
     snakemake(tmp, config)
     results = tmp / "results/pcam"
-    transfer = json.loads((results / "classifier/transfer/histogan/histogan/subset0/seed0/metrics.json").read_text())
+    transfer = json.loads((results / "classifier/transfer/histogan/selective/subset0/seed0/metrics.json").read_text())
     # Subset 0 holds 10 real images per class; the filter kept r N_i = 5 per class.
     assert transfer["n_train"] == {"synthetic": 10, "real": 20}
-    assert (transfer["generator"], transfer["filter"]) == ("histogan", "histogan")
+    assert (transfer["generator"], transfer["filter"]) == ("histogan", "selective")
     table = pd.read_csv(results / "tables/classification.tsv", sep="\t", keep_default_na=False)
     assert list(zip(table["strategy"], table["generator"])) == [
         ("baseline", ""), ("traditional", ""), *[(s, "histogan") for s in SYNTHETIC_STRATEGIES]]
@@ -241,6 +241,7 @@ def test_synthetic_strategies_tables_figures_and_report(finished_run):
     summaries = {"aggregate": 1, "plot_auc_by_strategy": 1, "plot_synthetic_only_auc": 1}
     assert scheduled_jobs(snakemake(tmp, {**config, "seeds": 3}, "-n")) == {
         "train_classifier": 2, "train_classifier_synthetic": 3, **summaries}
+    # `histogan`, the filter's old name, is `selective`: only realism_class is new.
     assert scheduled_jobs(snakemake(tmp, {**config, "filters": ["histogan", "realism_class"]}, "-n")) == {
         "filter": 1, "quality": 1, "quality_table": 1, "train_classifier_synthetic": 6, **summaries}
     # The HTML report: every table and figure with its caption.

@@ -92,6 +92,11 @@ def test_editing_a_stages_code_reruns_that_stage_onward(finished_run):
                   "quality": 1, "quality_table": 1, "convergence": 1}
     edited = _edited_copy(tmp / "dit_edit", "models/dit", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == dit_branch
+    # models/vae.py is imported by no script: train_vae reaches it through vae_training, the DiT's jobs
+    # through ldm. Its edit reruns the VAE and the DiT branch, never HistoGAN's.
+    edited = _edited_copy(tmp / "vae_edit", "models/vae", "\nEDITED = True\n")
+    assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {"train_vae": 1, "vae_quality": 1,
+                                                                         **dit_branch}
     edited = _edited_copy(tmp / "aggregate_edit", "aggregate", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {"aggregate": 1}
     # Comments and docstrings change nothing the code does: nothing reruns.

@@ -30,6 +30,8 @@ from scipy import stats
 from .errors import InputError
 from . import tables
 from .fileio import atomic_path, write_text
+from .registry import FILTERS, strategies_on
+from .registry import STRATEGIES as REGISTERED_STRATEGIES
 from .tables import FILTER_NAMES, GENERATOR_NAMES, MISSING, best_marks, generator_name
 
 __all__ = [
@@ -48,19 +50,16 @@ LABELS = {"accuracy": "Accuracy (%)", "auc": "AUC (%)", "sensitivity": "Sensitiv
 KEYS = ("filter", "strategy", "generator")
 RUN_COLUMNS = ("strategy", "generator", "filter", "subset", "seed", *METRICS)
 
-# Same names as histosynth.classifier (not imported: it pulls in torch, which tables don't need).
-STRATEGIES = ("baseline", "traditional", "augment", "transfer", "synthetic_only", "unified")
-REAL_STRATEGIES = ("baseline", "traditional")
-SYNTHETIC_STRATEGIES = ("augment", "transfer", "synthetic_only")
+STRATEGIES = tuple(REGISTERED_STRATEGIES)
+REAL_STRATEGIES = strategies_on("real")
+SYNTHETIC_STRATEGIES = strategies_on("synthetic")
 
 BACKBONE_NAMES = {"resnet18": "ResNet18", "resnet34": "ResNet34", "resnet50": "ResNet50",
                   "densenet169": "DenseNet169"}
-STRATEGY_NAMES = {"baseline": "Baseline", "traditional": "Traditional augmentation"}
-STRATEGY_SUFFIX = {"augment": "augmentation", "transfer": "transfer learning", "synthetic_only": "synthetic only",
-                   "unified": "class head"}
+STRATEGY_NAMES = {name: REGISTERED_STRATEGIES[name].label for name in REAL_STRATEGIES}
+STRATEGY_SUFFIX = {name: s.label for name, s in REGISTERED_STRATEGIES.items() if s.data != "real"}
 UNIFIED_SECTION = "Unified model: the ViT-cGAN critic's class head classifies (Algorithm 1)"
-FILTER_SHORT = {"none": "none", "histogan": "HistoGAN", "realism": "realism", "realism_class": "class realism",
-                "confidence": "confidence"}
+FILTER_SHORT = {name: f.short for name, f in FILTERS.items()}
 
 # Differences whose spread is below this are "constant" (float noise, not variance):
 # a t statistic on them would be a huge number from rounding, not evidence.

@@ -17,16 +17,6 @@ import numpy as np
 import torch
 
 from .augment import AugmentConfig, augment_batch
-from .errors import InputError
-
-
-def pick_device(name: str) -> torch.device:
-    """auto = CUDA when present, else CPU; an explicit 'cuda' without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("device is 'cuda' but no CUDA device is visible")
-    return torch.device(name)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -119,3 +119,32 @@ def load_resume_state(path, run_key: str, tag: str) -> dict | None:
     if previous_state_path(path).is_file() or Path(path).is_file():
         print(f"[{tag}] no readable resume state at {path}; training from epoch 1")
     return None
+
+
+def selected_snapshot(choice_path) -> tuple[int, Path]:
+    """(epoch, snapshot path) of the checkpoint a `selected.json` (rule select_checkpoint) names."""
+    import json
+
+    with open(choice_path) as f:
+        epoch = json.load(f)["epoch"]
+    return epoch, checkpoint_path(Path(choice_path).parent / "checkpoints", epoch)
+
+
+def resume_or_start(path, run_key: str, tag: str, objects, *, restore, fresh, log=print):
+    """(objects, state): the freshly built training `objects` (models, optimisers) with this run's
+    saved state at `path` put back by `restore(objects, state)`, and the RNG streams it saved; or,
+    when there is none to resume (no `path`, another run's state, or one that does not fit this
+    code's models), state None with `objects` as built (`fresh()`: rebuilt after a failed restore)."""
+    state = load_resume_state(path, run_key, tag) if path else None
+    if state is None:
+        return objects, None
+    try:
+        restore(objects, state)
+    except (RuntimeError, ValueError, KeyError) as e:
+        # Same settings, different code (the model changed since the state was saved).
+        log(f"[{tag}] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
+        return fresh(), None
+    if "rng" in state:
+        set_rng_state(state["rng"])
+    log(f"[{tag}] resuming after epoch {state['epoch']} from {path}")
+    return objects, state

@@ -21,17 +21,19 @@ import torchvision
 from tqdm import tqdm
 
 from .augment import AugmentConfig
-from .batches import BatchIterator, pick_device
-from .checkpoint import load_resume_state, remove_resume_state, save_resume_state
+from .batches import BatchIterator
+from .checkpoint import remove_resume_state, resume_or_start, save_resume_state
 from .errors import InputError
-from .fileio import atomic_path, write_json, write_text
+from .fileio import atomic_path, write_history, write_json
 from .metrics import classification_metrics
 from .split import read_subset
+from .registry import strategies_on
 from .store import read_store
+from .torch_utils import pick_device
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "densenet169")
-STRATEGIES = ("baseline", "traditional", "augment", "transfer", "synthetic_only")
-SYNTHETIC_STRATEGIES = ("augment", "transfer", "synthetic_only")  # need a filtered synthetic set
+STRATEGIES = strategies_on("real") + strategies_on("synthetic")  # `unified` trains no classifier of its own
+SYNTHETIC_STRATEGIES = strategies_on("synthetic")  # need a filtered synthetic set
 
 
 def training_phases(strategy: str, real: tuple, synthetic: tuple | None) -> list[tuple[str, tuple]]:
@@ -178,29 +180,30 @@ def train_classifier(
                                    channels_last=device.type == "cuda")  # faster convolutions on tensor cores
                      for _, (x, y) in phases]
     valid_batches = eval_batches(x_valid, cfg.eval_batch_size, device)
-    model = build_classifier(cfg.backbone, len(class_names), cfg.pretrained_weights).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
 
-    def new_optimizer():
+    def new_optimizer(model):
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
-    opt = new_optimizer()
-    history, best = [], {"auc": -math.inf}
-    best_state = None
+    def fresh():
+        torch.manual_seed(seed)
+        model = build_classifier(cfg.backbone, len(class_names), cfg.pretrained_weights).to(device)
+        if device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        return model, new_optimizer(model)
+
+    def restore(objects, state):
+        objects[0].load_state_dict(state["model"])
+        objects[1].load_state_dict(state["optimizer"])
+
     # What the saved state must match to be resumed: anything else trains afresh.
     run_key = json.dumps({"cfg": asdict(cfg), "strategy": strategy, "seed": seed, "n_valid": len(x_valid),
                           "subset": hashlib.sha256(subset.tobytes()).hexdigest(),
                           "synthetic": hashlib.sha256(synthetic[1].tobytes()).hexdigest() if synthetic else None},
                          sort_keys=True)
-    start = 1
-    state = load_resume_state(resume_path, run_key, "classifier") if resume_path else None
+    (model, opt), state = resume_or_start(resume_path, run_key, "classifier", fresh(), restore=restore, fresh=fresh)
+    history, best, best_state, start = [], {"auc": -math.inf}, None, 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        history, best, best_state = state["history"], state["best"], state["best_state"]
-        start = state["epoch"] + 1
-        print(f"[classifier] resuming after epoch {state['epoch']} from {resume_path}")
+        history, best, best_state, start = state["history"], state["best"], state["best_state"], state["epoch"] + 1
     # One step per (phase, epoch); `epoch` in the resume state counts steps.
     for step in range(start, len(phases) * cfg.epochs + 1):
         phase, epoch = divmod(step - 1, cfg.epochs)
@@ -209,7 +212,7 @@ def train_classifier(
         if phase > 0 and epoch == 1:
             # Fine-tune from the previous phase's selected weights, with a fresh optimiser.
             model.load_state_dict(best_state)
-            opt, best, best_state = new_optimizer(), {"auc": -math.inf}, None
+            opt, best, best_state = new_optimizer(model), {"auc": -math.inf}, None
         batches = phase_batches[phase]
         batches.set_epoch(epoch - 1)  # this epoch's data order and augmentation, as in an uninterrupted run
         model.train()
@@ -252,9 +255,7 @@ def train_classifier(
     }
     with atomic_path(model_path) as tmp:
         torch.save(best_state, tmp)
-    cols = list(history[0])
-    write_text(history_path, "\t".join(cols) + "\n" + "".join(
-        "\t".join(f"{r[c]:.6g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + "\n" for r in history))
+    write_history(history_path, history)
     write_json(metrics_path, result)  # written last: its presence means the job finished
     if resume_path:
         remove_resume_state(resume_path)

@@ -168,3 +168,41 @@ def reduce_logged(sums: dict, device: torch.device, summed=()) -> dict:
     t = torch.stack([torch.as_tensor(sums[k], device=device).to(torch.float64) for k in keys])
     dist.all_reduce(t)
     return {k: t[i] if k in summed else t[i] / w for i, k in enumerate(keys)}
+
+
+def launch(module: str, args: dict, nproc: int, args_path) -> None:
+    """`torchrun --standalone --nproc_per_node=N -m MODULE ARGS.json`, its output streamed to this
+    process's; a failure ends the job with torchrun's exit status. The job's CPU threads
+    (`args["threads"]`) are shared by its ranks."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .fileio import write_json
+
+    threads = max(1, args["threads"] // nproc)
+    write_json(args_path, {**args, "threads": threads})
+    # `python -m torch.distributed.run` is torchrun, from this very interpreter and environment.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", module, str(args_path)]
+    src = str(Path(__file__).resolve().parents[1])  # the ranks run this same code, installed or not
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p),
+           "OMP_NUM_THREADS": str(threads)}
+    print(f"[{module}] {nproc} GPUs: {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        for line in proc.stdout:  # bytes, split at \n only: progress bars' \r stay as in-process
+            sys.stdout.write(line.decode(errors="replace"))
+            sys.stdout.flush()
+        rc = proc.wait()
+    finally:
+        if proc.poll() is None:  # the job was interrupted: take the ranks down with it
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if rc != 0:
+        print(f"histosynth {module}: error: torchrun exited with status {rc}", file=sys.stderr, flush=True)
+        raise SystemExit(rc if rc > 0 else 128 - rc)  # killed by signal N: 128 + N, as a shell reports it

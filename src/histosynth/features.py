@@ -12,6 +12,7 @@ Two extractors:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -126,3 +127,46 @@ def load_stats(path) -> dict[str, np.ndarray]:
             return {k: z[k] for k in ("mu", "sigma", "features")}
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: not a feature-statistics file ({e}); rerun the stage that wrote it") from e
+
+
+@dataclass(frozen=True)
+class RealFeatures:
+    """The files a measuring stage reads the real subset's feature spaces from: the domain
+    extractor and its statistics, and pytorch-fid's Inception when both of its files are given."""
+
+    extractor: str
+    stats: str
+    backbone: str
+    inception_weights: str | None = None
+    inception_stats: str | None = None
+
+    def spaces(self, n_classes: int) -> dict[str, tuple[nn.Module, dict[str, np.ndarray]]]:
+        """{space: (extractor, real statistics)}, "domain" first."""
+        spaces = {"domain": (domain_extractor(self.extractor, self.backbone, n_classes), load_stats(self.stats))}
+        if self.inception_weights and self.inception_stats:
+            spaces["inception"] = (inception_extractor(self.inception_weights), load_stats(self.inception_stats))
+        return spaces
+
+
+def train_domain_extractor(train, subset, valid, test, *, metrics, history, model, stats, resume, cfg) -> None:
+    """The domain classifier that scores every generator (the classifier recipe with traditional
+    augmentation, seed 0, `cfg` a ClassifierConfig), and the real subset's statistics in its space."""
+    from .classifier import train_classifier
+    from .split import read_subset
+    from .store import read_store
+
+    result = train_classifier(train, subset, valid, test, metrics_path=metrics, history_path=history,
+                              model_path=model, resume_path=resume, strategy="traditional", seed=0, cfg=cfg)
+    images, _, _ = read_store(train, read_subset(subset))
+    extractor = domain_extractor(model, cfg.backbone, len(result["class_names"]))
+    save_stats(stats, extract_features(extractor, images, cfg.eval_batch_size, result["device"]))
+
+
+def write_inception_stats(train, subset, weights, out, *, batch_size: int, device: str) -> None:
+    """pytorch-fid Inception statistics of the real subset, for standard FID."""
+    from .split import read_subset
+    from .store import read_store
+    from .torch_utils import pick_device
+
+    images, _, _ = read_store(train, read_subset(subset))
+    save_stats(out, extract_features(inception_extractor(weights), images, batch_size, pick_device(device)))

@@ -47,3 +47,15 @@ def write_json(path: str | os.PathLike, obj) -> None:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_history(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Per-epoch rows as a TSV: every key any row has, in first-seen order; floats to 6
+    significant digits, a key a row lacks as nan."""
+    cols = list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(v):
+        return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    write_text(path, "\t".join(cols) + "\n"
+               + "".join("\t".join(cell(r.get(c, float("nan"))) for c in cols) + "\n" for r in rows))

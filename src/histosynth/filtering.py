@@ -18,12 +18,13 @@ import torch
 
 from . import filters
 from .errors import InputError
+from .families import FAMILIES, family_module
 from .fileio import write_json
 from .metrics import realism_score
 from .reference import target_counts
+from .registry import FILTERS, filter_name
 from .store import read_extra, read_store, write_store
 
-FILTERS = ("none", "histogan", "realism", "realism_class", "confidence")
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class FilterConfig:
     seed: int = 0
 
     def __post_init__(self):
+        object.__setattr__(self, "name", filter_name(self.name))  # an old alias, e.g. histogan
         if self.name not in FILTERS:
             raise InputError(f"filter '{self.name}' is not one of {list(FILTERS)}")
 
@@ -54,13 +56,10 @@ class _Scorer:
 
         self.cfg, self.device = cfg, torch.device(device)
         self.real_features, self.real_labels = real_features, real_labels
-        critic = _vitgan_critic(snapshot_path, self.device) if cfg.name == "confidence" else None
-        if critic is not None:
+        classify = _critic(snapshot_path, self.device) if cfg.name == "confidence" else None
+        if classify is not None:
             # ViT-cGAN's own class head judges its images (vit-cgan-unified-framework.md Algorithm 2).
-            from .models.vitgan import class_probabilities
-
-            self.score_images = lambda x, y: class_probabilities(critic, x, cfg.batch_size, self.device)[
-                np.arange(len(y)), y]
+            self.score_images = lambda x, y: classify(x, cfg.batch_size)[np.arange(len(y)), y]
         elif cfg.name == "confidence":
             model = build_classifier(backbone, n_classes)
             try:
@@ -88,18 +87,18 @@ class _Scorer:
         return filters.realism_select(labels, scores, targets, self.cfg.realism_threshold)
 
 
-def _vitgan_critic(snapshot_path, device):
-    """The critic (with its class head) of a ViT-cGAN snapshot; None for other generators."""
+def _critic(snapshot_path, device):
+    """images, batch_size -> class probabilities from the critic of a snapshot whose family's
+    critic classifies (the ViT-cGAN's class head); None for other generators."""
     if snapshot_path is None:
         return None
     from .checkpoint import load_checkpoint
 
     state = load_checkpoint(snapshot_path)
-    if state.get("family") != "vitgan":
+    family = state.get("family")
+    if family not in FAMILIES or not FAMILIES[family].critic_classifies:
         return None
-    from .unified import critic_from_state
-
-    return critic_from_state(state, device)
+    return family_module(family).load_critic(state, device)
 
 
 def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labels: np.ndarray,
@@ -116,7 +115,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
     drawn = 0
     if cfg.name == "none":
         keep = filters.select_first(labels, targets)
-    elif cfg.name == "histogan":
+    elif cfg.name == "selective":
         model = filters.load_mc_dropout_model(classifier_path, backbone, n_classes, p=cfg.mc_dropout)
         kw = {"batch_size": cfg.batch_size, "device": device, "seed": cfg.seed}
         centroids = filters.class_centroids(model, real_images, real_labels, **kw)
@@ -161,3 +160,19 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
     print(f"[filter] {cfg.name}: kept {summary['kept']} of a pool of {summary['pool']}"
           + (f" (+{drawn} drawn)" if drawn else ""))
     return summary
+
+
+def filter_selected(cfg: FilterConfig, pool_path, train, subset, choice_path, out_path, summary_path, *,
+                    real, device: str, sampling=None) -> dict:
+    """filter_pool on the pool of the selected snapshot (`choice_path`), against the real `subset` of
+    the `train` store and its domain features (`real`: features.RealFeatures)."""
+    from .checkpoint import selected_snapshot
+    from .features import load_stats
+    from .split import read_subset
+    from .torch_utils import sampling_device
+
+    real_images, real_labels, _ = read_store(train, read_subset(subset))
+    _, snapshot = selected_snapshot(choice_path)
+    return filter_pool(cfg, pool_path, real_images, real_labels, load_stats(real.stats)["features"], real.extractor,
+                       real.backbone, snapshot, out_path, summary_path, device=sampling_device(device),
+                       sampling=sampling)

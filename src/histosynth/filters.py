@@ -10,7 +10,7 @@ ascending pool order**, with exactly `target_counts[c]` indices of every class c
 Filters
 -------
 * ``none``: :func:`select_first`, the first ``target_counts[c]`` images of each class.
-* ``histogan`` (HistoGAN, histogan-selective-augmentation.md §3.2, Algorithm 1,
+* ``selective`` (HistoGAN, histogan-selective-augmentation.md §3.2, Algorithm 1,
   eqs. 6-7, §4.2.2): :class:`MCDropoutResNet`, :func:`class_centroids`,
   :func:`mc_dropout_scores`, :func:`histogan_select`.
 * ``realism`` / ``realism_class`` (latent-diffusion-pcam-realism.md §3.3, eq. 11):

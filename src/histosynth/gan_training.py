@@ -28,23 +28,27 @@ import torch
 from tqdm import tqdm
 
 from . import distributed as ddp
-from .batches import BatchIterator, pick_device
-from .checkpoint import (list_checkpoints, load_resume_state, rng_state, save_checkpoint, save_resume_state,
-                         set_rng_state)
+from .batches import BatchIterator
+from .checkpoint import list_checkpoints, resume_or_start, rng_state, save_checkpoint, save_resume_state
 from .errors import InputError
-from .fileio import write_text
+from .families import FAMILIES, family_module
+from .fileio import write_history
+from .torch_utils import amp_dtype, pick_device
 
-@dataclass(frozen=True)
+# The fields without a default differ between families: their defaults are each family's
+# section of workflow/schemas/config.schema.yaml (histosynth.config_schema.train_config builds
+# one from it). The others agree in every family; tests/test_defaults.py checks both.
+@dataclass(frozen=True, kw_only=True)
 class GANTrainConfig:
-    family: str = "histogan"
+    family: str
     model: dict = field(default_factory=dict)  # the family's model config fields
-    epochs: int = 1000
-    batch_size: int = 256
-    lr: float = 2e-4
-    betas: tuple = (0.5, 0.999)
+    epochs: int
+    batch_size: int
+    lr: float
+    betas: tuple
     n_critic: int = 1  # critic updates per generator update
-    save_from: int = 100  # snapshots for selection after this epoch ...
-    save_every: int = 1  # ... every this many epochs (HistoGAN: every epoch after 100)
+    save_from: int  # snapshots for selection after this epoch ...
+    save_every: int  # ... every this many epochs (HistoGAN: every epoch after 100)
     n_eval_noise: int = 64  # fixed noise stored with every snapshot (sample grids)
     seed: int = 0
     device: str = "auto"
@@ -56,15 +60,9 @@ class GANTrainConfig:
     code: str = ""  # hash of the stage's modules (provenance.py): edited code never resumes an old run
 
 
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The autocast dtype for this device, or None for full float32."""
-    if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return None
-
-
-class _Adapter:
-    """What the loop needs from a GAN family: its models, Adam optimisers and one training step."""
+class GANTrainer:
+    """What the loop needs from a GAN family (histosynth.families): its models, Adam optimisers and
+    one training step, which each family's `Trainer` adds."""
 
     def __init__(self, config_cls, build, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
         self.cfg = config_cls(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
@@ -107,135 +105,17 @@ class _Adapter:
         return {"G": self.G.state_dict(), "model": asdict(self.cfg)}
 
 
-class HistoGANAdapter(_Adapter):
-    """HistoGAN: WGAN-GP critics on every stage."""
-
-    def __init__(self, *args, **kwargs):
-        from .models import histogan
-
-        self.h = histogan
-        super().__init__(histogan.HistoGANConfig, histogan.build_histogan, *args, **kwargs)
-        self.z_dim = self.cfg.z_dim
-
-    def distribute(self, wrap) -> None:
-        # One wrapper per stage critic (D is a ModuleList, which has no forward of its own).
-        self.G_run, self.D_run = wrap(self.G), [wrap(d, sync_bn=False) for d in self.D]
-
-    def step(self, x, y, train_g: bool) -> dict:
-        reals = self.h.real_pyramid(x, self.cfg.stage_sizes)
-        z = torch.randn(len(x), self.z_dim, device=x.device)
-        with self.autocast(x):
-            fakes = self.G_run(z, y)
-            d_loss, _ = self.h.critic_loss(self.D_run, reals, fakes, y, gp_weight=self.cfg.gp_weight)
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
-        losses = {"d_loss": d_loss.detach()}
-        if train_g:
-            with self.autocast(x):
-                # The bare critics: their gradients from this loss are never used (zeroed before
-                # the next critic step), so DDP need not average them.
-                g_loss = self.h.generator_loss(self.D, fakes, y)
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            self.opt_g.step()
-            losses["g_loss"] = g_loss.detach()
-        return losses
-
-
-class CGANAdapter(_Adapter):
-    """The latent-to-image cGAN (BCE, non-saturating generator loss)."""
-
-    def __init__(self, *args, **kwargs):
-        from .models import cgan
-
-        self.c = cgan
-        super().__init__(cgan.CGANConfig, cgan.build_cgan, *args, **kwargs)
-        self.z_dim = self.cfg.latent_dim
-
-    def step(self, x, y, train_g: bool) -> dict:
-        z = torch.randn(len(x), self.z_dim, device=x.device)
-        # BCE-with-logits is autocast to float32; no double backward, so bf16 is safe throughout.
-        with self.autocast(x):
-            fake = self.G_run(z, y)
-            d_loss, g_loss = self.c.cgan_losses(self.D_run, x, fake, y)
-        # Both gradients first, each into its own network, then both steps: stepping D
-        # before g_loss.backward() would modify tensors g_loss's graph still needs.
-        self.opt_d.zero_grad(set_to_none=True)
-        self.opt_g.zero_grad(set_to_none=True)
-        d_loss.backward(inputs=list(self.D.parameters()))
-        if train_g:
-            g_loss.backward(inputs=list(self.G.parameters()))
-        self.opt_d.step()
-        if train_g:
-            self.opt_g.step()
-        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
-
-
-class ViTGANAdapter(_Adapter):
-    """ViT conditional GAN: WGAN-GP source head + class head with multi-loss weighting (eq. 7)
-    over real and (confidence-selected, Algorithm 2) synthetic images; truncated z (τ)."""
-
-    def __init__(self, *args, **kwargs):
-        from .models import vitgan
-
-        self.v = vitgan
-        super().__init__(vitgan.ViTGANConfig, vitgan.build_vitgan, *args, **kwargs)
-        self.z_dim = self.cfg.z_dim
-
-    def step(self, x, y, train_g: bool) -> dict:
-        z = self.v.truncated_normal((len(x), self.z_dim), self.cfg.tau, device=x.device)
-        with self.autocast(x):
-            fake = self.G_run(z, y)  # synthetic images of the batch's own labels
-            # D_run(x) is D.d(x); through the wrapper of all of D, so DDP also averages sigma's gradient.
-            d_loss, parts = self.v.discriminator_loss(self.D_run, self.D.mlw, x, y, fake.detach(), y,
-                                                      self.cfg.gp_weight, self.cfg.confidence_lambda,
-                                                      selective=self.cfg.selective)
-        self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        self.opt_d.step()
-        self.D.mlw.project_()
-        losses = {"d_loss": d_loss.detach()}
-        if train_g:
-            with self.autocast(x):
-                # Bare critic, as in HistoGAN; the class term weighted as the critic weighs it (eq. 8).
-                g_loss = self.v.generator_loss(self.D.d, fake, y, torch.exp(-self.D.mlw.sigma[1]).detach())
-            self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            self.opt_g.step()
-            losses["g_loss"] = g_loss.detach()
-        # Class-head accuracy on real images and confident synthetic images per batch (Algorithm 2).
-        return {**losses, "acc_real": parts["acc_real"], "n_syn": parts["n_syn"]}
-
-    def snapshot(self) -> dict:
-        # The critic travels too: its class head is the `confidence` filter's and the
-        # `unified` strategy's classifier (vit-cgan-unified-framework.md Algorithm 1).
-        return {**super().snapshot(), "D": self.D.state_dict()}
-
-
-def _ldm_adapter(backbone):
-    def build(*args, **kwargs):
-        from .ldm import LDMAdapter
-
-        return LDMAdapter(backbone, *args, **kwargs)
-    return build
-
-
-LDM = ("ldm_unet", "ldm_dit")  # latent diffusion: a trained VAE comes in through `vae_path`
-ADAPTERS = {"histogan": HistoGANAdapter, "cgan": CGANAdapter, "vitgan": ViTGANAdapter,
-            **{b: _ldm_adapter(b) for b in LDM}}
-
-
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
               cfg: GANTrainConfig, vae_path=None) -> Path:
     """Train (or resume) a class-conditional generator on uint8 NHWC images; return the checkpoint dir.
 
     Latent diffusion families also need `vae_path`, the trained VAE (rule train_vae).
     """
-    if cfg.family not in ADAPTERS:
-        raise InputError(f"generator family '{cfg.family}' is not one of {sorted(ADAPTERS)}")
-    if (cfg.family in LDM) != (vae_path is not None):
-        raise InputError(f"generator family '{cfg.family}' {'needs' if cfg.family in LDM else 'takes no'} VAE")
+    family = FAMILIES.get(cfg.family)
+    if family is None:
+        raise InputError(f"generator family '{cfg.family}' is not one of {list(FAMILIES)}")
+    if family.latent != (vae_path is not None):
+        raise InputError(f"generator family '{cfg.family}' {'needs' if family.latent else 'takes no'} VAE")
     if not any((e - cfg.save_from) % cfg.save_every == 0 for e in range(cfg.save_from + 1, cfg.epochs + 1)):
         raise InputError(f"save_from ({cfg.save_from}), save_every ({cfg.save_every}) and epochs ({cfg.epochs}) "
                          "leave no checkpoint to save for selection")
@@ -259,8 +139,9 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
 
     def fresh_model():
         torch.manual_seed(cfg.seed)
-        m = ADAPTERS[cfg.family](cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp,
-                                 **({"vae_path": vae_path, "diffusion": cfg.diffusion} if cfg.family in LDM else {}))
+        latent = {"vae_path": vae_path, "diffusion": cfg.diffusion} if FAMILIES[cfg.family].latent else {}
+        m = family_module(cfg.family).Trainer(cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp,
+                                              **latent)
         m.to(device)
         return m
 
@@ -275,20 +156,12 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
     if vae_path is not None:  # a retrained VAE changes the latent space: train afresh
         run_key += "|vae=" + hashlib.sha256(Path(vae_path).read_bytes()).hexdigest()
 
+    model, state = resume_or_start(ckpt_dir / "resume.pt", run_key, "train_generator", model,
+                                   restore=lambda m, s: m.load_state_dict(s), fresh=fresh_model, log=log)
     history, start = [], 1
-    state = load_resume_state(ckpt_dir / "resume.pt", run_key, "train_generator")
     if state is not None:
-        try:
-            model.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as e:
-            # Same settings, different code (the model changed since the state was saved).
-            log(f"[train_generator] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
-            state, model = None, fresh_model()
-    if state is not None:
-        set_rng_state(state["rng"])
         eval_noise = state["eval_noise"]
         history, start = state["history"], state["epoch"] + 1
-        log(f"[train_generator] resuming after epoch {state['epoch']}")
     elif main:
         # A fresh run: snapshots left by a run under other settings must not be scored.
         for _, old in list_checkpoints(ckpt_dir):
@@ -330,9 +203,31 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
         ddp.barrier()
 
     if main:
-        cols = list(history[0])
-        write_text(losses_path, "\t".join(cols) + "\n" + "".join(
-            "\t".join(f"{r.get(c, float('nan')):.6g}" if c != "epoch" else str(r[c]) for c in cols) + "\n"
-            for r in history))
+        write_history(losses_path, history)
     ddp.barrier()
     return ckpt_dir
+
+
+def train_generator(train, subset, losses_path, ckpt_dir, cfg: dict, *, vae=None, threads: int = 1,
+                    gpus: int = 0) -> None:
+    """train_gan on the real `subset` of the `train` store with the settings `cfg` (GANTrainConfig's
+    fields): in this process, or given several GPUs as one torchrun process per GPU."""
+    args = {"train": str(train), "subset": str(subset), "vae": str(vae) if vae else None,
+            "losses": str(losses_path), "ckpt_dir": str(ckpt_dir), "cfg": dict(cfg), "threads": threads}
+    if gpus > 1:
+        # torchrun's ranks run train_generator_rank from this JSON (histosynth.train_generator_ddp).
+        ddp.launch("histosynth.train_generator_ddp", args, gpus, Path(losses_path).parent / "train_generator_ddp.json")
+    else:
+        train_generator_rank(args)
+
+
+def train_generator_rank(args: dict) -> None:
+    """train_generator from plain arguments: in the job's process, or as one torchrun rank."""
+    from .split import read_subset
+    from .store import read_store
+
+    torch.set_num_threads(args["threads"])
+    images, labels, class_names = read_store(args["train"], read_subset(args["subset"]))
+    cfg = {**args["cfg"], "betas": tuple(args["cfg"]["betas"])}
+    train_gan(images, labels, len(class_names), args["ckpt_dir"], args["losses"], GANTrainConfig(**cfg),
+              vae_path=args["vae"])

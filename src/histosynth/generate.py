@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from .checkpoint import list_checkpoints, load_checkpoint
 from .errors import InputError
+from .families import FAMILIES, family_module
 from .fileio import atomic_path, write_text
 from .metrics import frechet_distance, kernel_inception_distance, precision_recall
 from .store import write_store
@@ -29,62 +30,9 @@ def load_generator(snapshot_path, device="cpu", sampling: dict | None = None) ->
         family = state["family"]
     except Exception as e:
         raise InputError(f"{snapshot_path}: not a generator snapshot ({e})") from e
-    if family == "histogan":
-        from .models.histogan import Generator, HistoGANConfig
-
-        G = Generator(HistoGANConfig(**state["model"]))
-    elif family == "cgan":
-        from .models.cgan import CGANConfig, Generator
-
-        G = Generator(CGANConfig(**state["model"]))
-    elif family == "vitgan":
-        from .models.vitgan import TruncatedViTGenerator, ViTGANConfig, ViTGenerator
-
-        G = ViTGenerator(ViTGANConfig(**state["model"]))
-        G.load_state_dict(state["G"])
-        return TruncatedViTGenerator(G).to(device).eval()
-    elif family in ("ldm_unet", "ldm_dit"):
-        from .ldm import LatentDiffusionGenerator
-
-        try:
-            return LatentDiffusionGenerator(family, state, sampling).to(device).eval()
-        except ValueError as e:
-            raise InputError(f"generator sampling settings: {e}") from e
-    else:
+    if family not in FAMILIES:
         raise InputError(f"{snapshot_path}: unknown generator family '{family}'")
-    G.load_state_dict(state["G"])
-    return standing_statistics(G.to(device), device)
-
-
-STANDING_BATCHES, STANDING_BATCH_SIZE = 16, 64
-
-
-@torch.no_grad()
-def standing_statistics(G: torch.nn.Module, device="cpu", seed: int = 0) -> torch.nn.Module:
-    """G in eval mode, its batch norms holding population statistics of its own outputs.
-
-    A generator trained with batch norm (HistoGAN) only ever saw batch statistics; its
-    running averages trail the weights by ~1 / momentum steps and, in a 900-step check,
-    eval-mode samples had 1.7x the colour error of train-mode ones and half the nuclei
-    density of one class. Sampling in train mode would make an image depend on its batch.
-    So, as BigGAN's "standing statistics": reset the statistics, average them over
-    STANDING_BATCHES x STANDING_BATCH_SIZE draws (fixed seed, uniform labels) in train mode,
-    then sample in eval mode. Generators without batch norm are returned as they are.
-    """
-    norms = [m for m in G.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    if norms:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the draws below
-        G.train()
-        g = torch.Generator().manual_seed(seed)
-        for _ in range(STANDING_BATCHES):
-            z = torch.randn(STANDING_BATCH_SIZE, G.cfg.z_dim, generator=g)
-            y = torch.randint(0, G.cfg.num_classes, (STANDING_BATCH_SIZE,), generator=g)
-            G(z.to(device), y.to(device))
-        for m in norms:
-            m.momentum = 0.1
-    return G.eval()
+    return family_module(family).load_generator(state, device, sampling)
 
 
 @torch.no_grad()
@@ -209,3 +157,38 @@ def save_grid(rows: dict[str, np.ndarray], path, title: str = "") -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def score_training_run(ckpt_dir, train, subset, out_tsv, *, real, images_per_class: int, batch_size: int,
+                       device: str, seed: int, sampling=None) -> pd.DataFrame:
+    """score_checkpoints for one training run: `images_per_class` images of each class of the real
+    `subset` of the `train` store (fewer for a smaller class), in the spaces of `real`
+    (features.RealFeatures)."""
+    from .reference import scoring_counts
+    from .split import read_subset
+    from .store import read_store
+    from .torch_utils import sampling_device
+
+    _, labels, class_names = read_store(train, read_subset(subset))
+    counts = scoring_counts(labels, len(class_names), images_per_class)
+    return score_checkpoints(ckpt_dir, real.spaces(len(class_names)), counts, out_tsv, batch_size=batch_size,
+                             device=sampling_device(device), seed=seed, sampling=sampling)
+
+
+def generate_selected(choice_path, train, subset, out_h5, grid_png, *, ratio: float, pool_factor: float,
+                      batch_size: int, device: str, seed: int, sampling=None) -> None:
+    """The pool of the selected snapshot: pool_factor·r·N_i images of each class i, N_i the real
+    images of class i in the subset, and the real-vs-synthetic grid."""
+    from .checkpoint import selected_snapshot
+    from .reference import target_counts
+    from .split import read_subset
+    from .store import read_store
+    from .torch_utils import sampling_device
+
+    _, snapshot = selected_snapshot(choice_path)
+    real_images, labels, class_names = read_store(train, read_subset(subset))
+    # HistoGAN: a pool of 4 r N_i per class; a whole multiple of the filters' target round(r N_i),
+    # so HistoGAN's two halvings land on it exactly.
+    counts = {c: int(round(pool_factor * n)) for c, n in target_counts(labels, len(class_names), ratio).items()}
+    generate_pool(snapshot, counts, class_names, out_h5, grid_png=grid_png, real=(real_images, labels),
+                  batch_size=batch_size, device=sampling_device(device), seed=seed, sampling=sampling)

@@ -13,10 +13,9 @@ import copy
 
 import jsonschema
 
+from .config_schema import error_line
 from .errors import InputError
-
-FAMILIES = ("histogan", "cgan", "ldm_unet", "ldm_dit", "vitgan")
-
+from .families import FAMILIES
 
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
@@ -45,7 +44,10 @@ def resolve_generators(names, sections: dict, family_schemas: dict) -> dict[str,
     fails at start-up like one in a family's section.
     """
     resolved = {}
-    for name in names:
+    # Variants that `names` does not list are checked too: a typo in one fails now, not
+    # when someone adds it to `generators` later.
+    variants = [name for name in sections if name not in FAMILIES]
+    for name in dict.fromkeys([*names, *variants]):
         family = family_of(name, sections)
         if name == family:
             resolved[name] = {**sections[family], "family": family}
@@ -57,8 +59,7 @@ def resolve_generators(names, sections: dict, family_schemas: dict) -> dict[str,
         try:
             jsonschema.validate(merged, family_schemas[family])
         except jsonschema.ValidationError as e:
-            where = ".".join(map(str, e.absolute_path))
-            raise InputError(f"config generator.{name}{'.' + where if where else ''}: {e.message} "
-                             f"(a variant of '{family}' takes that family's settings)") from None
+            raise InputError(f"{error_line(e, f'generator.{name}')}; a variant of '{family}' takes that "
+                             "family's settings") from None
         resolved[name] = {**merged, "family": family}
-    return resolved
+    return {name: resolved[name] for name in names}

@@ -4,9 +4,9 @@
 the real subset (rule `train_vae`, frozen here), a class-conditional DDPM in its
 latent space trained with the simple ε-MSE loss (eq. 9, cosine schedule) under
 AdamW, and an exponential moving average of the denoiser's weights, which is what
-snapshots hold and what samples. `LDMAdapter` plugs into the generator training
+snapshots hold and what samples. `LDMTrainer` plugs into the generator training
 loop (histosynth.gan_training); `LatentDiffusionGenerator` is what
-histosynth.generate loads from a snapshot: G(z, y) -> images in [-1, 1], with z
+histosynth.generate loads from a snapshot (through histosynth.families.ldm_unet / ldm_dit): G(z, y) -> images in [-1, 1], with z
 the flattened initial latent noise, so every image comes from its own seed.
 """
 
@@ -21,9 +21,6 @@ import torch.nn as nn
 from .errors import InputError
 from .models.diffusion import Diffusion, ema_copy, update_ema
 from .models.vae import VAE, VAEConfig
-
-BACKBONES = ("ldm_unet", "ldm_dit")
-
 
 @dataclass(frozen=True)
 class DiffusionTrainConfig:
@@ -54,32 +51,20 @@ class SamplingConfig:
             raise ValueError(f"sampling.clip_x0 must be 'auto', a positive number or null, got {c!r}")
 
 
-def build_denoiser(backbone: str, model_cfg: dict, in_channels: int, input_size: int, num_classes: int):
-    """(config, module) of the U-Net or DiT denoiser for latents of this shape."""
-    fixed = {"in_channels": in_channels, "input_size": input_size, "num_classes": num_classes}
-    if backbone == "ldm_unet":
-        from .models.unet import UNet, UNetConfig
-
-        cfg = UNetConfig(**{**model_cfg, **fixed})
-        return cfg, UNet(cfg)
-    if backbone == "ldm_dit":
-        from .models.dit import DiT, DiTConfig
-
-        cfg = DiTConfig(**{**model_cfg, **fixed})
-        return cfg, DiT(cfg)
-    raise ValueError(f"unknown latent diffusion backbone {backbone!r}")
-
-
 def _vae_from_state(state: dict) -> tuple[VAE, float]:
     vae = VAE(VAEConfig(**state["model"]))
     vae.load_state_dict(state["state"])
     return vae.eval().requires_grad_(False), float(state["latent_scale"])
 
 
-class LDMAdapter:
-    """What the generator training loop needs: models, one training step, resume state, snapshot."""
+class LDMTrainer:
+    """What the generator training loop needs: models, one training step, resume state, snapshot.
+    A family's `Trainer` names its denoiser: `build_denoiser(model_cfg, in_channels, input_size,
+    num_classes) -> (config, module)`."""
 
-    def __init__(self, backbone: str, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None,
+    build_denoiser = None
+
+    def __init__(self, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None,
                  *, vae_path, diffusion: dict):
         from .checkpoint import load_checkpoint
         from .vae_training import load_vae
@@ -92,7 +77,7 @@ class LDMAdapter:
         c, h = self.vae.cfg.latent_channels, self.vae.cfg.latent_size
         self.num_classes, self.amp = num_classes, amp
         self.train_cfg = DiffusionTrainConfig(**diffusion)
-        self.cfg, self.G = build_denoiser(backbone, model_cfg, c, h, num_classes)
+        self.cfg, self.G = self.build_denoiser(model_cfg, c, h, num_classes)
         self.G_run = self.G  # what step() trains through: the denoiser, or its DDP wrapper (distribute)
         self.ema = ema_copy(self.G)
         self.opt = torch.optim.AdamW(self.G.parameters(), lr=lr, betas=betas)
@@ -140,11 +125,11 @@ class LDMAdapter:
 class LatentDiffusionGenerator(nn.Module):
     """G(z, y) -> images in [-1, 1]: denoise the latent noise z (flattened), then decode."""
 
-    def __init__(self, backbone: str, state: dict, sampling: SamplingConfig | dict | None = None):
+    def __init__(self, build_denoiser, state: dict, sampling: SamplingConfig | dict | None = None):
         super().__init__()
         self.vae, self.latent_scale = _vae_from_state(state["vae"])
         c, h = self.vae.cfg.latent_channels, self.vae.cfg.latent_size
-        self.cfg, self.denoiser = build_denoiser(backbone, state["model"], c, h, state["model"]["num_classes"])
+        self.cfg, self.denoiser = build_denoiser(state["model"], c, h, state["model"]["num_classes"])
         self.denoiser.load_state_dict(state["G"])
         self.diffusion = Diffusion(int(state["timesteps"]))
         self.sampling = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(**(sampling or {}))
@@ -174,3 +159,11 @@ class LatentDiffusionGenerator(nn.Module):
             latents = self.diffusion.ddpm_sample(self.denoiser, noise, y, guidance_scale=s.guidance_scale,
                                                  null_label=null, clip_x0=self.clip_x0, noise_fn=noise_fn)
         return self.vae.decode(latents / self.latent_scale).clamp(-1, 1)
+
+
+def load_latent_generator(build_denoiser, state: dict, device="cpu", sampling=None) -> nn.Module:
+    """A snapshot's LatentDiffusionGenerator in eval mode; bad sampler settings are the user's error."""
+    try:
+        return LatentDiffusionGenerator(build_denoiser, state, sampling).to(device).eval()
+    except ValueError as e:
+        raise InputError(f"generator sampling settings: {e}") from e

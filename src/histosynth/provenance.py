@@ -1,9 +1,15 @@
-"""Which code a stage ran: a hash of its modules, given to the rule as a param.
+"""Which code a stage ran: a hash of every package module its script imports, transitively.
 
-Snakemake's `code` rerun trigger only sees the rule's script (the same small
-`stage.py` for every rule), never the modules that do the work. So each rule
-gets `code=code_hash(...)` of its own modules in `params`: editing a model or a
-training loop reruns exactly the stages that run it, and what depends on them.
+Snakemake's `code` rerun trigger sees a rule's script, never the package modules that
+do the work. So each rule gets `code=stage_code(<its script>)` in `params`: the import
+graph is followed from the script through every `histosynth` module it reaches (lazy
+imports inside functions included), and editing any of them reruns exactly the stages
+whose closure holds it, and what depends on them.
+
+A generator family's own module (histosynth.families.<name>) counts only for that
+family's stages: a DiT edit reruns the DiT branches, never HistoGAN's. The job helper
+(histosynth.job: logs, GPU slots, clean errors) runs every stage but computes nothing,
+so it is not followed.
 
 The hash is of the syntax tree without docstrings, so comments, docstrings and
 formatting never rerun weeks of GPU work; any change to what the code does does.
@@ -13,9 +19,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+NOT_FOLLOWED = frozenset({"histosynth.job"})
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -28,11 +36,88 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
-def code_hash(*modules: str, package: Path = PACKAGE) -> str:
-    """sha256 (16 hex digits) of the named package modules ("gan_training", "models/vitgan")."""
+def _module_file(module: str, package: Path) -> Path | None:
+    """The file of `histosynth.a.b` (a/b.py or a/b/__init__.py), None if it is not a package module."""
+    parts = module.split(".")
+    if parts[0] != "histosynth":
+        return None
+    base = package.joinpath(*parts[1:])
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _parse(path: Path) -> ast.Module:
+    return _parse_text(path.read_text(), str(path))
+
+
+@lru_cache(maxsize=None)
+def _parse_text(text: str, filename: str) -> ast.Module:
+    return ast.parse(text, filename=filename)
+
+
+def imported_modules(path: Path, module: str, package: Path = PACKAGE) -> set[str]:
+    """The histosynth modules that the file at `path` (module `module`, "" for a script) imports,
+    anywhere in it, with the packages above them (importing a.b runs a/__init__.py)."""
+    found = set()
+    here = module.split(".") if module else []
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(_parse(path)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: from the module's package, up level - 1
+                anchor = here if is_package else here[:-1]
+                anchor = anchor[:len(anchor) - (node.level - 1)]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            # `from .models import histogan` imports a module; `from .store import read_store` a name.
+            names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        for name in names:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                if _module_file(".".join(parts[:i]), package):
+                    found.add(".".join(parts[:i]))
+    return found
+
+
+def import_closure(script: Path, extra=(), *, skip: frozenset = frozenset(), package: Path = PACKAGE) -> set[str]:
+    """Every histosynth module reached from `script` (and from the modules `extra`), not
+    descending into `skip` (nor NOT_FOLLOWED)."""
+    skip = NOT_FOLLOWED | skip
+    seen: set[str] = set()
+    todo = [*imported_modules(Path(script), "", package), *extra]
+    while todo:
+        module = todo.pop()
+        if module in seen or module in skip:
+            continue
+        seen.add(module)
+        todo += imported_modules(_module_file(module, package), module, package)
+    return seen
+
+
+def code_hash(modules, package: Path = PACKAGE) -> str:
+    """sha256 (16 hex digits) of the named modules' code ("histosynth.gan_training", ...)."""
     h = hashlib.sha256()
     for name in sorted(set(modules)):
-        path = package / f"{name}.py"
-        tree = _strip_docstrings(ast.parse(path.read_text(), filename=str(path)))
+        path = _module_file(name, package)
+        tree = _strip_docstrings(_parse(path))
         h.update(name.encode() + b"\0" + ast.dump(tree, annotate_fields=False).encode() + b"\0")
     return h.hexdigest()[:16]
+
+
+def stage_code(script, family: str | None = None, *, families: dict | None = None,
+               package: Path = PACKAGE) -> str:
+    """The code hash of a stage: its script's import closure, with `family`'s modules and none
+    of the other families' (`families`: {family: its modules}, default families.family_modules())."""
+    if families is None:
+        from .families import family_modules
+        families = family_modules()
+    own = set(families.get(family, ())) if family else set()
+    others = frozenset(m for f, mods in families.items() if f != family for m in mods) - own
+    # The family's modules are loaded by name from the registry, so they are not in the script's imports.
+    return code_hash(import_closure(Path(script), own, skip=others, package=package), package)

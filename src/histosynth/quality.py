@@ -518,3 +518,29 @@ def plot_feature_map(real_features, selected_features, rejected_features, path, 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     return used
+
+
+def measure_kept(selected_path, pool_path, train, metrics_path, plot_path, *, real, generator: str,
+                 filter: str, subset: int, quality: Mapping, batch_size: int, device: str,  # noqa: A002
+                 max_points: int) -> dict:
+    """Quality of a filter's kept images against the real subset of the `train` store in every feature
+    space of `real` (features.RealFeatures), and the real / kept / rejected feature map (domain)."""
+    from .features import extract_features
+    from .store import read_extra, read_store, store_info
+    from .torch_utils import sampling_device
+
+    device = sampling_device(device)
+    selected, _, _ = read_store(selected_path)
+    pool, _, _ = read_store(pool_path)
+    keep = read_extra(selected_path, "pool_index")
+    rejected = np.setdiff1d(np.arange(len(pool)), keep)  # images drawn beyond the pool were never rejected
+    spaces = real.spaces(len(store_info(train).class_names))
+    features = {space: (stats["features"], extract_features(extractor, selected, batch_size, device))
+                for space, (extractor, stats) in spaces.items()}
+    result = write_quality(metrics_path, features, generator=generator, filter=filter, subset=subset,
+                           k=quality["k"], kid_subsets=quality["kid_subsets"], seed=quality["seed"])
+    domain = spaces["domain"][0]
+    rejected_features = extract_features(domain, pool[rejected], batch_size, device) if len(rejected) else None
+    plot_feature_map(*features["domain"], rejected_features, plot_path,
+                     f"{generator}, subset {subset}, filter {filter}", seed=quality["seed"], max_points=max_points)
+    return result

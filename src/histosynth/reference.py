@@ -124,3 +124,100 @@ def write_convergence(path, real_features: np.ndarray, pool_features: np.ndarray
           f"{result['fid_ratio']:.2f}x the reference {ref['fid']:.4g}, recall {metrics['recall']:.2f} "
           f"({result['rule']})")
     return result
+
+
+# ---------------------------------------------------------------------------
+# The stages, from files
+
+
+def reference_draws(train, subset, valid_labels: np.ndarray, *, images_per_class: int, ratio: float,
+                    seed: int) -> tuple[dict, dict]:
+    """({design: counts per class}, {design: indices into the validation store}): the validation
+    images each design compares with the real subset of the `train` store."""
+    from .split import read_subset
+    from .store import read_labels, store_info
+
+    labels = read_labels(train)[read_subset(subset)]
+    n_classes = len(store_info(train).class_names)
+    counts = {"scoring": scoring_counts(labels, n_classes, images_per_class),
+              "kept": target_counts(labels, n_classes, ratio)}
+    return counts, {d: draw_per_class(valid_labels, c, seed) for d, c in counts.items()}
+
+
+def measure_reference(train, subset, valid, out, *, real, subset_index: int, images_per_class: int, ratio: float,
+                      quality: Mapping, batch_size: int, device: str) -> dict:
+    """Real validation vs the real training subset, drawn like checkpoint scoring and like the
+    filters' kept sets, in every feature space of `real` (features.RealFeatures)."""
+    from .features import extract_features
+    from .store import read_labels, read_store, store_info
+    from .torch_utils import sampling_device
+
+    device = sampling_device(device)
+    counts, draws = reference_draws(train, subset, read_labels(valid), images_per_class=images_per_class,
+                                    ratio=ratio, seed=quality["seed"])
+    spaces = real.spaces(len(store_info(valid).class_names))
+    images = {d: read_store(valid, idx)[0] for d, idx in draws.items()}  # the draws only, not all of it
+    features = {d: {space: extract_features(ext, images[d], batch_size, device) for space, (ext, _) in spaces.items()}
+                for d in draws}
+    return write_reference(out, {space: stats["features"] for space, (_, stats) in spaces.items()}, features, counts,
+                           subset=subset_index, quality=quality)
+
+
+def measure_vae(vae_path, vae_metrics, train, subset, valid, out, *, real, subset_index: int,
+                images_per_class: int, ratio: float, quality: Mapping, batch_size: int, device: str) -> dict:
+    """The VAE's reconstructions of the reference's kept-sized validation draw: what bounds latent diffusion."""
+    import json
+
+    import torch
+
+    from .features import extract_features
+    from .store import read_labels, read_store
+    from .torch_utils import sampling_device
+    from .vae_training import load_vae, reconstruct_images
+
+    device = torch.device(sampling_device(device))
+    _, draws = reference_draws(train, subset, read_labels(valid), images_per_class=images_per_class, ratio=ratio,
+                               seed=quality["seed"])
+    images, _, class_names = read_store(valid, draws["kept"])
+    vae, _ = load_vae(vae_path, device)
+    recon = reconstruct_images(vae, images, batch_size)
+    extractor, stats = real.spaces(len(class_names))["domain"]
+    with open(vae_metrics) as f:
+        psnr = json.load(f)["valid_psnr"]
+    return write_vae_quality(out, stats["features"], extract_features(extractor, recon, batch_size, device),
+                             subset=subset_index, quality=quality, psnr=psnr)
+
+
+def judge_convergence(pool_path, choice_path, curve_path, reference_path, train, subset, out, plot_path, *,
+                      real, generator: str, subset_index: int, ratio: float, quality: Mapping, converged: Mapping,
+                      metric: str, alpha: float, batch_size: int, device: str) -> dict:
+    """Is the selected snapshot near real-vs-real? Its pool's first r·N_i per class scored like the
+    reference, the verdict written, and the checkpoint curve drawn against the reference."""
+    import json
+
+    import pandas as pd
+
+    from .checkpoint import selected_snapshot
+    from .features import extract_features
+    from .selection import plot_curve
+    from .split import read_subset
+    from .store import read_store
+    from .torch_utils import sampling_device
+
+    _, labels, class_names = read_store(train, read_subset(subset))
+    with open(reference_path) as f:
+        reference = json.load(f)
+    epoch, _ = selected_snapshot(choice_path)
+    pool, pool_labels, _ = read_store(pool_path)
+    draw = first_per_class(pool_labels, target_counts(labels, len(class_names), ratio))
+    extractor, stats = real.spaces(len(class_names))["domain"]
+    result = write_convergence(out, stats["features"],
+                               extract_features(extractor, pool[draw], batch_size, sampling_device(device)),
+                               reference, generator=generator, subset=subset_index, epoch=epoch, quality=quality,
+                               max_fid_ratio=converged["max_fid_ratio"], min_recall=converged["min_recall"])
+    state = "converged" if result["converged"] else "NOT CONVERGED"
+    title = (f"{generator}, subset {subset_index}: {state} (pool FID {result['fid_ratio']:.1f}x real vs real, "
+             f"recall {100 * result['recall']:.0f} %)")
+    plot_curve(pd.read_csv(curve_path, sep="\t"), metric, alpha, epoch, plot_path, title,
+               reference=reference["scoring"])
+    return result

@@ -13,11 +13,12 @@ import html
 import math
 
 from .errors import InputError
+from .families import FAMILIES
+from .registry import FILTERS
 
 MISSING = "—"
 
-GENERATOR_NAMES = {"histogan": "HistoGAN", "cgan": "cGAN", "ldm_unet": "LDM U-Net", "ldm_dit": "LDM DiT",
-                   "vitgan": "ViT-cGAN"}
+GENERATOR_NAMES = {name: family.display for name, family in FAMILIES.items()}
 
 
 def generator_name(name: str) -> str:
@@ -31,10 +32,7 @@ def generator_name(name: str) -> str:
     return name
 
 
-FILTER_NAMES = {"none": "No image selection", "histogan": "HistoGAN selective augmentation",
-                "realism": "Realism score image selection",
-                "realism_class": "Class-based realism score image selection",
-                "confidence": "Classifier confidence selection"}
+FILTER_NAMES = {name: f.title for name, f in FILTERS.items()}
 
 
 NOT_CONVERGED = "⚠ not converged"

@@ -1,8 +1,8 @@
 """torchrun entry point: one rank of a multi-GPU train_generator job.
 
-stages.train_generator runs `torchrun --standalone --nproc_per_node=N -m
-histosynth.train_generator_ddp ARGS.json` (ARGS.json: the stage's arguments, see
-stages.train_generator_job); every rank runs the same stage, and gan_training joins
+gan_training.train_generator runs `torchrun --standalone --nproc_per_node=N -m
+histosynth.train_generator_ddp ARGS.json` (ARGS.json: its arguments, see
+gan_training.train_generator_rank); every rank runs the same job, and gan_training joins
 the process group from torchrun's environment (histosynth.distributed). Ranks
 other than 0 keep quiet on stdout; errors still reach stderr.
 """
@@ -21,10 +21,10 @@ def main(argv=None) -> None:
     if os.environ.get("RANK", "0") != "0":
         sys.stdout = open(os.devnull, "w")
     from .errors import InputError
-    from .stages import train_generator_job
+    from .gan_training import train_generator_rank
 
     try:
-        train_generator_job(args)
+        train_generator_rank(args)
     except InputError as e:  # a user mistake: one line, as the in-process stage reports it
         print(f"histosynth train_generator: error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

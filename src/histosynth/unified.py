@@ -24,6 +24,7 @@ import torch
 from .checkpoint import checkpoint_path, load_checkpoint
 from .classifier import scores_for_metrics
 from .errors import InputError
+from .families import FAMILIES
 from .fileio import write_json, write_text
 from .metrics import classification_metrics
 from .selection import read_scores, select_checkpoint
@@ -47,8 +48,10 @@ def load_critic(snapshot_path, device="cpu") -> tuple[torch.nn.Module, dict]:
         state = load_checkpoint(snapshot_path)
     except Exception as e:
         raise InputError(f"{snapshot_path}: not a readable generator snapshot ({e})") from e
-    if state.get("family") != "vitgan":
-        raise InputError(f"{snapshot_path}: the unified strategy needs a vitgan snapshot, "
+    family = FAMILIES.get(state.get("family"))
+    if family is None or not family.critic_classifies:
+        raise InputError(f"{snapshot_path}: the unified strategy needs the snapshot of a generator whose critic "
+                         f"classifies ({[n for n, f in FAMILIES.items() if f.critic_classifies]}), "
                          f"this one is {state.get('family')!r}")
     return critic_from_state(state, device), state["model"]
 
@@ -83,6 +86,9 @@ def evaluate_unified(scores_path, ckpt_dir, valid_store, test_store, metrics_pat
     """
     from tqdm import tqdm
 
+    from .torch_utils import sampling_device
+
+    device = sampling_device(device)
     scores = read_scores(scores_path, metric)
     _, curve = select_checkpoint(scores, metric, alpha)
     x_valid, y_valid, classes = read_store(valid_store)

@@ -26,17 +26,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .batches import BatchIterator, pick_device
-from .checkpoint import load_resume_state, remove_resume_state, rng_state, save_resume_state, set_rng_state
+from .batches import BatchIterator
+from .checkpoint import remove_resume_state, resume_or_start, rng_state, save_resume_state
 from .errors import InputError
-from .fileio import atomic_path, write_json, write_text
+from .fileio import atomic_path, write_history, write_json
 from .models.vae import VAE, VAEConfig, vae_loss
+from .torch_utils import pick_device
 
 
 @dataclass(frozen=True)
 class VAETrainConfig:
     model: dict = field(default_factory=dict)  # VAEConfig fields except image_size (taken from the data)
-    epochs: int = 100
+    epochs: int = 1000  # paper; the schema's default (was 100 here, never what the pipeline ran)
     batch_size: int = 64  # paper
     lr: float = 1e-4  # paper (Adam)
     seed: int = 0
@@ -150,21 +151,13 @@ def train_vae(images: np.ndarray, valid_images: np.ndarray, cfg: VAETrainConfig,
     run_key = json.dumps({**asdict(cfg), "model": asdict(vcfg), "n": len(images),
                           "data": hashlib.sha256(np.ascontiguousarray(images).data).hexdigest()}, sort_keys=True)
 
-    history, start = [], 1
-    state = load_resume_state(resume_path, run_key, "train_vae") if resume_path else None
-    if state is not None:
-        try:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            # Same settings, different code (the model changed since the state was saved).
-            print(f"[train_vae] resume state does not fit this model ({str(e)[:200]}); training from epoch 1")
-            state = None
-            model, opt = fresh()
-    if state is not None:
-        set_rng_state(state["rng"])
-        history, start = state["history"], state["epoch"] + 1
-        print(f"[train_vae] resuming after epoch {state['epoch']} from {resume_path}")
+    def restore(objects, state):
+        objects[0].load_state_dict(state["model"])
+        objects[1].load_state_dict(state["optimizer"])
+
+    (model, opt), state = resume_or_start(resume_path, run_key, "train_vae", (model, opt), restore=restore,
+                                          fresh=fresh)
+    history, start = (state["history"], state["epoch"] + 1) if state else ([], 1)
 
     for epoch in range(start, cfg.epochs + 1):
         batches.set_epoch(epoch - 1)  # this epoch's order, as in an uninterrupted run
@@ -199,9 +192,7 @@ def train_vae(images: np.ndarray, valid_images: np.ndarray, cfg: VAETrainConfig,
     with atomic_path(model_path) as tmp:
         torch.save({"model": config, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                     "latent_scale": scale, "latent_range": latent_range, "epoch": cfg.epochs}, tmp)
-    cols = ["epoch", "loss", "recon", "kl", "seconds"]
-    write_text(losses_path, "\t".join(cols) + "\n" + "".join(
-        "\t".join(str(r[c]) if c == "epoch" else f"{r[c]:.6g}" for c in cols) + "\n" for r in history))
+    write_history(losses_path, history)
     metrics = {"valid_mae": valid["mae"], "valid_mse": valid["mse"], "valid_psnr": valid["psnr"],
                "latent_scale": scale, "latent_mean": latent_mean, "latent_range": latent_range,
                "latent_shape": [vcfg.latent_channels, vcfg.latent_size, vcfg.latent_size],
@@ -229,3 +220,15 @@ def load_vae(path, device="cpu") -> tuple[VAE, float]:
     except Exception as e:  # not a torch file, pickle payload, other architecture, wrong keys
         raise InputError(f"{path}: not a VAE checkpoint written by train_vae ({type(e).__name__}: {e})") from e
     return vae.to(device).eval(), scale
+
+
+def train_subset_vae(train, subset, valid, cfg: VAETrainConfig, *, model_path, losses_path, metrics_path,
+                     resume_path) -> dict:
+    """train_vae on the real `subset` of the `train` store, validated on the whole `valid` store."""
+    from .split import read_subset
+    from .store import read_store
+
+    images, _, _ = read_store(train, read_subset(subset))
+    valid_images, _, _ = read_store(valid)
+    return train_vae(images, valid_images, cfg, model_path=model_path, losses_path=losses_path,
+                     metrics_path=metrics_path, resume_path=resume_path)

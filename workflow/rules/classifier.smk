@@ -30,7 +30,7 @@ rule train_classifier:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/train_classifier.py"
 
 
 # The same job fed one generator's filtered images (augment, transfer, synthetic_only).
@@ -64,7 +64,7 @@ rule evaluate_unified:
         metrics=f"{RESULTS}/classifier/unified/{{generator}}/subset{{subset}}/metrics.json",
         curve=f"{RESULTS}/classifier/unified/{{generator}}/subset{{subset}}/checkpoint_validation.tsv",
     params:
-        code=CODE["evaluate_unified"],
+        code=lambda w: code("evaluate_unified", w.generator),
         criterion=config["unified"]["criterion"],
         metric=config["selection"]["metric"],
         alpha=config["selection"]["alpha"],
@@ -81,7 +81,7 @@ rule evaluate_unified:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/evaluate_unified.py"
 
 
 rule aggregate:
@@ -96,7 +96,7 @@ rule aggregate:
                     caption="../report/classification_table.rst", labels={"result": "classification table"}),
         runs=f"{RESULTS}/tables/classification_runs.tsv",
     params:
-        code=CODE["aggregate"],
+        code=code("aggregate"),
         backbone=config["classifier"]["backbone"],
         strategies=config["strategies"],
         # Row order of the synthetic and unified blocks; without them they do not matter.
@@ -107,7 +107,7 @@ rule aggregate:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/aggregate.py"
 
 
 rule plot_auc_by_strategy:
@@ -118,7 +118,7 @@ rule plot_auc_by_strategy:
         plot=report(f"{RESULTS}/figures/auc_by_strategy.png", category="Classification",
                     caption="../report/auc_by_strategy.rst", labels={"result": "AUC per generator and strategy"}),
     params:
-        code=CODE["aggregate"],
+        code=code("plot_auc_by_strategy"),
         generators=config["generators"],
         filters=config["filters"],
         strategies=config["strategies"],
@@ -127,7 +127,7 @@ rule plot_auc_by_strategy:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/plot_auc_by_strategy.py"
 
 
 rule plot_synthetic_only_auc:
@@ -138,7 +138,7 @@ rule plot_synthetic_only_auc:
         plot=report(f"{RESULTS}/figures/synthetic_only_auc.png", category="Classification",
                     caption="../report/synthetic_only_auc.rst", labels={"result": "synthetic-only AUC"}),
     params:
-        code=CODE["aggregate"],
+        code=code("plot_synthetic_only_auc"),
         generators=config["generators"],
         filters=config["filters"],
     log:
@@ -146,4 +146,4 @@ rule plot_synthetic_only_auc:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/plot_synthetic_only_auc.py"

@@ -1,16 +1,24 @@
 # Paths and small helpers shared by the rules. Everything a rule needs from the
 # config reaches it through `params`, so Snakemake's params rerun-trigger
 # reruns exactly the jobs whose settings changed.
+import os
 import sys
+from functools import cache
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+# The workflow runs the package it ships with, installed or not (also inside a `--sdm conda`
+# environment): here, and in every job's script, which inherits the environment.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 from histosynth.download import expected_files  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
+from histosynth.families import FAMILIES  # noqa: E402
+from histosynth.registry import FILTER_ALIASES, FILTERS, STRATEGIES, filter_name  # noqa: E402
 from histosynth.generators import resolve_generators  # noqa: E402
-from histosynth.provenance import code_hash  # noqa: E402
+from histosynth.provenance import stage_code  # noqa: E402
 from histosynth.prepare import resolve_options  # noqa: E402
 
 DATASET = config["dataset"]["name"]
@@ -35,6 +43,11 @@ if INCEPTION and not Path(INCEPTION).is_file():
 if config["selection"]["metric"].endswith("_inception") and not INCEPTION:
     raise ValueError(f"config selection.metric is {config['selection']['metric']!r}, which needs "
                      "selection.inception_weights to name an existing file")
+# Old filter names (histosynth.registry.FILTER_ALIASES) still run, under their new names.
+for _old in [f for f in config["filters"] if f in FILTER_ALIASES]:
+    print(f"histosynth: filter '{_old}' is now called '{FILTER_ALIASES[_old]}' (results under "
+          f"filters/{FILTER_ALIASES[_old]}/); the old name will stop working in a later release", file=sys.stderr)
+config["filters"] = list(dict.fromkeys(filter_name(f) for f in config["filters"]))
 SUBSETS = list(range(config["subsets"]["k"]))
 SEEDS = list(range(config["seeds"]))
 # Every generator's full settings, named variants (`generator.<name>.family`) merged over
@@ -47,54 +60,38 @@ except InputError as e:
     raise ValueError(str(e)) from None
 # Strategies on real data run per (subset, seed); the synthetic ones also per (generator, filter);
 # `unified` (the ViT-cGAN critic as classifier) per vitgan-family generator and subset.
-REAL_STRATEGIES = [s for s in config["strategies"] if s in ("baseline", "traditional")]
-SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if s in ("augment", "transfer", "synthetic_only")]
-UNIFIED_GENERATORS = [g for g in config["generators"] if GENERATORS[g]["family"] == "vitgan"]
-LATENT_GENERATORS = [g for g in config["generators"] if GENERATORS[g]["family"].startswith("ldm_")]
+REAL_STRATEGIES = [s for s in config["strategies"] if STRATEGIES[s].data == "real"]
+SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if STRATEGIES[s].data == "synthetic"]
+UNIFIED_GENERATORS = [g for g in config["generators"] if FAMILIES[GENERATORS[g]["family"]].critic_classifies]
+LATENT_GENERATORS = [g for g in config["generators"] if FAMILIES[GENERATORS[g]["family"]].latent]
 if SYNTHETIC_STRATEGIES and not (config["generators"] and config["filters"]):
     raise ValueError(f"config strategies {SYNTHETIC_STRATEGIES} train on synthetic images and need at least one "
                      "entry in `generators` and in `filters` (or keep strategies: [baseline, traditional])")
 if "unified" in config["strategies"] and not UNIFIED_GENERATORS:
     raise ValueError("config strategies has 'unified', which tests the ViT-cGAN critic's class head: add vitgan "
                      "(or a variant with family vitgan) to `generators`")
-STAGE = "../scripts/stage.py"
 
 
 wildcard_constraints:
     subset=r"\d+",
     seed=r"\d+",
     generator=r"[a-z][a-z0-9_]*",
-    filter="|".join(["none", "histogan", "realism_class", "realism", "confidence"]),
+    filter="|".join(sorted(FILTERS, key=len, reverse=True)),  # realism_class before realism
 
 ENV = "../../envs/histosynth.yaml"
 
 
-# The package modules each stage runs, hashed (provenance.py) and given to the rule as
-# `params.code` (or inside a trainer's cfg, where it also keys resume states): editing
-# one reruns exactly those stages and what depends on them. Shared plumbing (stages.py,
-# fileio.py, store.py, checkpoint.py) is left out: it moves files, not numbers.
-CODE = {
-    "prepare": code_hash("prepare", "tissue"),
-    "split": code_hash("split"),
-    "classifier": code_hash("classifier", "augment", "batches", "metrics"),
-    "feature_extractor": code_hash("classifier", "augment", "batches", "metrics", "features"),
-    "inception_stats": code_hash("features"),
-    "train_vae": code_hash("vae_training", "models/vae"),
-    "score_checkpoints": code_hash("generate", "features", "metrics", "reference"),
-    "select_checkpoint": code_hash("selection", "metrics"),
-    "reference_quality": code_hash("reference", "quality", "features", "metrics"),
-    "vae_quality": code_hash("reference", "quality", "features", "metrics", "vae_training", "models/vae"),
-    "convergence": code_hash("reference", "quality", "features", "metrics", "selection"),
-    "generate": code_hash("generate", "reference"),
-    "filter": code_hash("filtering", "filters", "features", "metrics", "reference"),
-    "quality": code_hash("quality", "features", "metrics"),
-    "quality_table": code_hash("quality", "tables", "reference"),
-    "evaluate_unified": code_hash("unified", "models/vitgan", "metrics"),
-    "aggregate": code_hash("aggregate", "tables"),
-}
-FAMILY_CODE = {"histogan": ["models/histogan"], "cgan": ["models/cgan"], "vitgan": ["models/vitgan"],
-               "ldm_unet": ["ldm", "models/diffusion", "models/unet"],
-               "ldm_dit": ["ldm", "models/diffusion", "models/dit"]}
+@cache
+def _code(name, family):
+    return stage_code(f"{workflow.basedir}/workflow/scripts/{name}.py", family)
+
+
+def code(name, generator=None):
+    """The code behind the rule `name`, as `params.code` (or inside a trainer's cfg, where it also
+    keys resume states): a hash of its script's import closure (histosynth.provenance). Editing
+    any module the script reaches reruns exactly those jobs and what depends on them; a generator
+    family's own modules count only for that generator's jobs."""
+    return _code(name, GENERATORS[generator]["family"] if generator else None)
 
 
 def raw_inputs():
@@ -112,7 +109,7 @@ def classifier_params(strategy):
     cfg = dict(config["classifier"])
     cfg.pop("threads")
     cfg["augmentation"] = config["augmentation"] if strategy != "baseline" else {}
-    cfg["code"] = CODE["classifier"]
+    cfg["code"] = code("train_classifier")
     return cfg
 
 
@@ -121,7 +118,7 @@ def extractor_params():
     cfg = classifier_params("traditional")
     cfg["backbone"] = config["selection"]["backbone"]
     cfg["epochs"] = config["selection"]["extractor_epochs"]
-    cfg["code"] = CODE["feature_extractor"]
+    cfg["code"] = code("feature_extractor")
     return cfg
 
 
@@ -131,7 +128,7 @@ def generator_params(generator):
     cfg.pop("threads")
     cfg.pop("gpus", None)  # a resource (rule train_generator); a run resumes on any number of GPUs
     cfg.pop("sampling", None)
-    cfg["code"] = code_hash("gan_training", *FAMILY_CODE[cfg["family"]])
+    cfg["code"] = code("train_generator", generator)
     return cfg
 
 
@@ -143,13 +140,13 @@ def sampling_params(generator):
 def vae_params():
     cfg = dict(config["vae"])
     cfg.pop("threads")
-    cfg["code"] = CODE["train_vae"]
+    cfg["code"] = code("train_vae")
     return cfg
 
 
 def generator_inputs(wildcards):
     """Latent diffusion trains on the subset's VAE latents."""
-    if GENERATORS[wildcards.generator]["family"].startswith("ldm_"):
+    if FAMILIES[GENERATORS[wildcards.generator]["family"]].latent:
         return {"vae": f"{RESULTS}/vae/subset{wildcards.subset}/vae.pt"}
     return {}
 
@@ -169,17 +166,10 @@ def quality_params():
 
 
 def filter_params(name):
-    """Only the settings this filter reads: changing λ never reruns the HistoGAN filter."""
+    """Only the settings this filter reads (histosynth.registry): changing λ never reruns `selective`."""
     f = config["filtering"]
-    cfg = {"name": name, "ratio": config["generation"]["ratio"], "batch_size": f["batch_size"]}
-    if name == "histogan":
-        cfg |= {"mc_dropout": f["mc_dropout"], "mc_passes": f["mc_passes"], "seed": f["seed"]}
-    elif name in ("realism", "realism_class"):
-        cfg |= {"realism_k": f["realism_k"], "realism_threshold": f["realism_threshold"],
-                "max_draw_factor": f["max_draw_factor"]}
-    elif name == "confidence":
-        cfg |= {"confidence_threshold": f["confidence_threshold"], "max_draw_factor": f["max_draw_factor"]}
-    return cfg
+    return {"name": name, "ratio": config["generation"]["ratio"], "batch_size": f["batch_size"],
+            **{key: f[key] for key in FILTERS[name].settings}}
 
 
 def classifier_runs():

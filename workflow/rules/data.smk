@@ -15,7 +15,7 @@ if DATASET != "folder":
         conda:
             ENV
         script:
-            STAGE
+            "../scripts/download.py"
 
 
 DEMO_FIGURES = (
@@ -31,7 +31,7 @@ rule prepare:
         counts=f"{RESULTS}/data/patch_counts.tsv",
         figures=DEMO_FIGURES,
     params:
-        code=CODE["prepare"],
+        code=code("prepare"),
         name=DATASET,
         classes=config["dataset"]["classes"],
         image_size=config["dataset"]["image_size"],
@@ -41,7 +41,7 @@ rule prepare:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/prepare.py"
 
 
 rule split:
@@ -51,7 +51,7 @@ rule split:
         subsets=expand(f"{RESULTS}/subsets/subset{{k}}.npy", k=SUBSETS),
         counts=f"{RESULTS}/subsets/subset_counts.tsv",
     params:
-        code=CODE["split"],
+        code=code("split"),
         fraction=config["subsets"]["fraction"],
         seed=config["subsets"]["seed"],
     log:
@@ -59,4 +59,4 @@ rule split:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/split.py"

@@ -16,12 +16,12 @@ rule filter:
         selected=f"{FILT}/selected.h5",
         summary=f"{FILT}/summary.json",
     params:
-        code=CODE["filter"],
+        code=lambda w: code("filter", w.generator),
         cfg=lambda w: filter_params(w.filter),
         backbone=config["selection"]["backbone"],
         device=lambda w: GENERATORS[w.generator]["device"],
         # Only the threshold filters generate beyond the pool.
-        sampling=lambda w: sampling_params(w.generator) if w.filter in ("realism", "realism_class", "confidence") else {},
+        sampling=lambda w: sampling_params(w.generator) if FILTERS[w.filter].draws else {},
     threads: config["classifier"]["threads"]
     resources:
         gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
@@ -30,7 +30,7 @@ rule filter:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/filter.py"
 
 
 rule quality:
@@ -47,7 +47,7 @@ rule quality:
                     caption="../report/feature_map.rst",
                     labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
     params:
-        code=CODE["quality"],
+        code=code("quality"),
         quality=quality_params(),
         max_points=config["quality"]["max_points"],
         backbone=config["selection"]["backbone"],
@@ -61,7 +61,7 @@ rule quality:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/quality.py"
 
 
 rule quality_table:
@@ -83,7 +83,7 @@ rule quality_table:
         html=report(f"{RESULTS}/tables/quality.html", category="Synthetic image quality",
                     caption="../report/quality_table.rst", labels={"result": "quality table"}),
     params:
-        code=CODE["quality_table"],
+        code=code("quality_table"),
         generators=config["generators"],
         filters=config["filters"],
         latent_generators=LATENT_GENERATORS,
@@ -92,4 +92,4 @@ rule quality_table:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/quality_table.py"

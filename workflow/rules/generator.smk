@@ -28,7 +28,7 @@ rule feature_extractor:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/feature_extractor.py"
 
 
 rule inception_stats:
@@ -39,7 +39,7 @@ rule inception_stats:
     output:
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/inception_stats.npz",
     params:
-        code=CODE["inception_stats"],
+        code=code("inception_stats"),
         batch_size=config["selection"]["batch_size"],
         device=config["classifier"]["device"],
     threads: config["classifier"]["threads"]
@@ -50,7 +50,7 @@ rule inception_stats:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/inception_stats.py"
 
 
 # Real validation vs real training subset, drawn as the synthetic sets are: the reference
@@ -66,7 +66,7 @@ rule reference_quality:
     output:
         reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",
     params:
-        code=CODE["reference_quality"],
+        code=code("reference_quality"),
         backbone=config["selection"]["backbone"],
         images_per_class=config["selection"]["images_per_class"],
         ratio=config["generation"]["ratio"],
@@ -81,7 +81,7 @@ rule reference_quality:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/reference_quality.py"
 
 
 rule train_vae:
@@ -105,7 +105,7 @@ rule train_vae:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/train_vae.py"
 
 
 # The VAE's reconstructions of the reference's validation draw: the FID latent diffusion cannot beat.
@@ -121,7 +121,7 @@ rule vae_quality:
     output:
         metrics=f"{RESULTS}/vae/subset{{subset}}/quality.json",
     params:
-        code=CODE["vae_quality"],
+        code=code("vae_quality"),
         backbone=config["selection"]["backbone"],
         images_per_class=config["selection"]["images_per_class"],
         ratio=config["generation"]["ratio"],
@@ -136,7 +136,7 @@ rule vae_quality:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/vae_quality.py"
 
 
 rule train_generator:
@@ -158,7 +158,7 @@ rule train_generator:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/train_generator.py"
 
 
 rule score_checkpoints:
@@ -172,7 +172,7 @@ rule score_checkpoints:
     output:
         scores=f"{GEN}/checkpoint_scores.tsv",
     params:
-        code=CODE["score_checkpoints"],
+        code=lambda w: code("score_checkpoints", w.generator),
         backbone=config["selection"]["backbone"],
         images_per_class=config["selection"]["images_per_class"],
         batch_size=config["selection"]["batch_size"],
@@ -187,7 +187,7 @@ rule score_checkpoints:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/score_checkpoints.py"
 
 
 rule select_checkpoint:
@@ -197,7 +197,7 @@ rule select_checkpoint:
         curve=f"{GEN}/fid_curve.tsv",
         choice=f"{GEN}/selected.json",
     params:
-        code=CODE["select_checkpoint"],
+        code=code("select_checkpoint"),
         alpha=config["selection"]["alpha"],
         metric=config["selection"]["metric"],
     log:
@@ -205,7 +205,7 @@ rule select_checkpoint:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/select_checkpoint.py"
 
 
 rule generate:
@@ -218,7 +218,7 @@ rule generate:
         grid=report(f"{GEN}/samples.png", category="Synthetic samples", subcategory="{generator}",
                     caption="../report/samples.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
     params:
-        code=CODE["generate"],
+        code=lambda w: code("generate", w.generator),
         ratio=config["generation"]["ratio"],
         pool_factor=config["generation"]["pool_factor"],
         batch_size=config["generation"]["batch_size"],
@@ -233,7 +233,7 @@ rule generate:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/generate.py"
 
 
 # Is the selected snapshot near real-vs-real? Its first r·N_i pool images per class scored
@@ -253,7 +253,7 @@ rule convergence:
         plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection", subcategory="{generator}",
                     caption="../report/fid_curve.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
     params:
-        code=CODE["convergence"],
+        code=code("convergence"),
         converged=config["quality"]["converged"],
         quality=quality_params(),
         ratio=config["generation"]["ratio"],
@@ -270,4 +270,4 @@ rule convergence:
     conda:
         ENV
     script:
-        STAGE
+        "../scripts/convergence.py"

@@ -1,0 +1,9 @@
+# Rule aggregate: every classifier run -> the classification table (mean ± std, paired tests).
+from histosynth.aggregate import aggregate_classification
+from histosynth.job import job
+
+with job(snakemake) as smk:  # noqa: F821
+    o, p = smk.output, smk.params
+    aggregate_classification(list(smk.input.metrics), o.tsv, o.md, o.tex, o.html, o.runs, backbone=p.backbone,
+                             strategies=p.strategies, generators=p.generators, filters=p.filters,
+                             convergence_paths=list(smk.input.convergence))

@@ -1,0 +1,13 @@
+# Rule convergence: is the selected snapshot near real-vs-real? The verdict flags tables, figures
+# and the report; the checkpoint curve is drawn against the reference.
+from histosynth.features import RealFeatures
+from histosynth.job import job
+from histosynth.reference import judge_convergence
+
+with job(snakemake) as smk:  # noqa: F821
+    i, o, p = smk.input, smk.output, smk.params
+    judge_convergence(i.pool, i.choice, i.curve, i.reference, i.train, i.subset, o.metrics, o.plot,
+                      real=RealFeatures(i.extractor, i.stats, p.backbone), generator=smk.wildcards.generator,
+                      subset_index=int(smk.wildcards.subset), ratio=p.ratio, quality=p.quality,
+                      converged=p.converged, metric=p.metric, alpha=p.alpha, batch_size=p.batch_size,
+                      device=p.device)

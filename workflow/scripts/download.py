@@ -1,0 +1,9 @@
+# Rule download: fetch the dataset's files and verify their checksums.
+import os
+
+from histosynth.download import download_dataset
+from histosynth.job import job
+
+with job(snakemake) as smk:  # noqa: F821
+    p = smk.params
+    download_dataset(p.name, os.path.dirname(smk.output[0]), base_url=p.base_url, checksums=dict(p.checksums))

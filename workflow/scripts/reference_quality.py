@@ -1,0 +1,12 @@
+# Rule reference_quality: real validation vs the real training subset, drawn as the synthetic sets
+# are: the reference line of every FID curve and the first row of the quality table.
+from histosynth.features import RealFeatures
+from histosynth.job import job
+from histosynth.reference import measure_reference
+
+with job(snakemake) as smk:  # noqa: F821
+    i, p = smk.input, smk.params
+    real = RealFeatures(i.extractor, i.stats, p.backbone, i.get("inception_weights"), i.get("inception_stats"))
+    measure_reference(i.train, i.subset, i.valid, smk.output.reference, real=real,
+                      subset_index=int(smk.wildcards.subset), images_per_class=p.images_per_class, ratio=p.ratio,
+                      quality=p.quality, batch_size=p.batch_size, device=p.device)
