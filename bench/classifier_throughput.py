@@ -1,6 +1,6 @@
 """Classifier training/evaluation throughput (images/s) of the code the pipeline runs.
 
-Times `histosynth.classifier` models fed by `BatchIterator` with traditional
+Times `histosynth.classification.classifier` models fed by `BatchIterator` with traditional
 augmentation: the whole training step as `train_classifier` does it (forward,
 backward, SGD step; bf16 autocast and channels_last on CUDA).
 
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from histosynth.augment import AugmentConfig
-from histosynth.batches import BatchIterator
+from histosynth.classification.classifier import build_classifier, eval_batches, predict_proba
+from histosynth.data.augment import AugmentConfig
+from histosynth.data.batches import BatchIterator
 from histosynth.torch_utils import pick_device
-from histosynth.classifier import build_classifier, eval_batches, predict_proba
 
 
 def main():

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from histosynth.families import FAMILIES, family_module  # noqa: E402
+from histosynth.generative.families import FAMILIES, family_module  # noqa: E402
 
 COLOURS = np.array([[0.9, 0.5, 0.7], [0.4, 0.2, 0.6]])
 MODELS = {
@@ -54,8 +54,8 @@ def toy_data(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 
 def real_data(train_h5, subset_npy) -> tuple[torch.Tensor, torch.Tensor]:
     """Real patches of a subset, area-downsampled to 32 px, in [-1, 1], with labels."""
-    from histosynth.split import read_subset
-    from histosynth.store import read_store
+    from histosynth.data.split import read_subset
+    from histosynth.data.store import read_store
 
     images, labels, _ = read_store(train_h5, read_subset(subset_npy))
     x = F.interpolate(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, size=(32, 32), mode="area")

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from histosynth.families import FAMILIES, family_module
+from histosynth.generative.families import FAMILIES, family_module
 
 
 def build(family: str, image_size: int, tmp: Path):
     """The training adapter of one family at default sizes."""
     if not FAMILIES[family].latent:
         return family_module(family).Trainer({}, 2, image_size, 2e-4, (0.5, 0.999))
-    from histosynth.models.vae import VAE, VAEConfig
+    from histosynth.generative.models.vae import VAE, VAEConfig
 
     vae = VAE(VAEConfig(image_size=image_size))
     torch.save({"model": asdict(vae.cfg), "state": vae.state_dict(), "latent_scale": 1.0, "epoch": 0}, tmp / "vae.pt")

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.transforms import v2
 
-from histosynth.augment import AugmentConfig
-from histosynth.batches import BatchIterator
+from histosynth.data.augment import AugmentConfig
+from histosynth.data.batches import BatchIterator
 
 X_FILE = "camelyonpatch_level_2_split_train_x.h5"
 Y_FILE = "camelyonpatch_level_2_split_train_y.h5"

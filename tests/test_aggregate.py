@@ -9,16 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from histosynth.aggregate import (
-    aggregate_classification,
-    load_runs,
-    paired_comparison,
-    plot_auc_by_strategy,
-    plot_synthetic_only_auc,
-    read_runs,
-    summarise,
-)
 from histosynth.errors import InputError
+from histosynth.reporting.aggregate import aggregate_classification, load_runs, paired_comparison, plot_auc_by_strategy, plot_synthetic_only_auc, read_runs, summarise
 
 METRICS = ["accuracy", "auc", "sensitivity", "specificity"]
 SUBSETS = [f"results/x/subsets/subset{i}.npy" for i in range(2)]
@@ -384,7 +376,7 @@ def test_rows_trained_on_a_not_converged_generator_are_flagged(tmp_path, monkeyp
     assert conv[("augment", "ldm_unet")] == 0.5 and conv[("augment", "histogan")] == 1.0
     assert np.isnan(conv[("baseline", "")])
     # The legends: capture the labels the figures draw.
-    import histosynth.aggregate as agg
+    import histosynth.reporting.aggregate as agg
 
     seen = []
     real_panels = agg._bar_panels

@@ -4,10 +4,7 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from histosynth.augment import (
-    AugmentConfig, adjust_brightness_, adjust_contrast_, adjust_hue_, adjust_saturation_,
-    augment_batch, draw, flip_rotate,
-)
+from histosynth.data.augment import AugmentConfig, adjust_brightness_, adjust_contrast_, adjust_hue_, adjust_saturation_, augment_batch, draw, flip_rotate
 
 OFF = AugmentConfig(hflip=False, vflip=False, rot90=False, brightness=0, contrast=0, saturation=0, hue=0)
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from histosynth.augment import AugmentConfig
-from histosynth.batches import BatchIterator
+from histosynth.data.augment import AugmentConfig
+from histosynth.data.batches import BatchIterator
 
 N, SIZE = 10, 8
 

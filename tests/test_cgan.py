@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from histosynth.models.cgan import CGANConfig, build_cgan, cgan_losses
+from histosynth.generative.models.cgan import CGANConfig, build_cgan, cgan_losses
 
 # Small widths keep the CPU tests fast; the architecture (5 up / 5 down layers) is unchanged.
 SMALL = dict(num_classes=3, latent_dim=16, filters=8, d_filters=8)

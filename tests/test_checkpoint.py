@@ -2,8 +2,7 @@
 
 import torch
 
-from histosynth.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, rng_state,
-                                   save_checkpoint, set_rng_state)
+from histosynth.checkpoint import checkpoint_path, latest_checkpoint, list_checkpoints, rng_state, save_checkpoint, set_rng_state
 
 
 def test_latest_readable_checkpoint_is_used(tmp_path, capsys):

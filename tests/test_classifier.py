@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from histosynth.classifier import ClassifierConfig, build_classifier, train_classifier
+from histosynth.classification.classifier import ClassifierConfig, build_classifier, train_classifier
+from histosynth.data.store import write_store
 from histosynth.errors import InputError
-from histosynth.store import write_store
 
 
 def separable_stores(tmp_path, n=64, size=32):
@@ -85,7 +85,7 @@ def test_unknown_strategy_is_rejected(tmp_path):
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
-    import histosynth.classifier as clf
+    import histosynth.classification.classifier as clf
 
     paths, subset = separable_stores(tmp_path)
     cfg = ClassifierConfig(epochs=3, batch_size=16, lr=0.01, eval_batch_size=32, device="cpu")
@@ -169,7 +169,7 @@ def test_synthetic_strategies_train_on_the_right_data(tmp_path, strategy, n_trai
 
 def test_transfer_fine_tunes_from_the_synthetic_only_weights(tmp_path, monkeypatch):
     """Transfer's real phase starts from exactly the weights synthetic_only selects (same seed)."""
-    import histosynth.classifier as clf
+    import histosynth.classification.classifier as clf
 
     _, out = run_synthetic(tmp_path / "a", "synthetic_only")
     loaded = []
@@ -189,7 +189,7 @@ def test_transfer_fine_tunes_from_the_synthetic_only_weights(tmp_path, monkeypat
 
 
 def test_transfer_resumes_across_the_phase_boundary(tmp_path, monkeypatch):
-    import histosynth.classifier as clf
+    import histosynth.classification.classifier as clf
 
     full, _ = run_synthetic(tmp_path / "a", "transfer")
     real_metrics, calls = clf.classification_metrics, []

@@ -1,4 +1,4 @@
-"""Generator training over 2 processes: DistributedDataParallel on CPU with gloo (histosynth.distributed).
+"""Generator training over 2 processes: DistributedDataParallel on CPU with gloo (histosynth.generative.distributed).
 
 Most tests fork their 2 workers (torch.multiprocessing, start_method="fork") and give each
 the environment torchrun sets (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT):
@@ -21,12 +21,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import histosynth.distributed as ddp
-import histosynth.gan_training as gt
-from histosynth.batches import BatchIterator
+import histosynth.generative.distributed as ddp
+import histosynth.generative.training as gt
 from histosynth.config_schema import train_config
-from histosynth.families import family_module
-from histosynth.gan_training import train_gan
+from histosynth.data.batches import BatchIterator
+from histosynth.generative.families import family_module
+from histosynth.generative.training import train_gan
 
 HISTOGAN = {"g_channels": 8, "d_channels": 8, "d_max_mult": 2, "z_dim": 16, "g_up_blocks": 2,
             "g_res_blocks": 1, "mbd_kernels": 4, "mbd_kernel_dim": 2}
@@ -272,8 +272,8 @@ def _train_small_batch(rank, out):
 
 def _train_generator(tmp_path, gpus, cfg_dict):
     """The train_generator job's one call, on a small store."""
-    from histosynth.gan_training import train_generator
-    from histosynth.store import write_store
+    from histosynth.data.store import write_store
+    from histosynth.generative.training import train_generator
 
     x, y = data()
     write_store(tmp_path / "train.h5", x, y, ["a", "b"])
@@ -293,7 +293,7 @@ def test_stage_fails_with_torchrun_exit_status(tmp_path, capsys, monkeypatch):
     assert e.value.code == 3
     out = capsys.readouterr()
     args = str(tmp_path / "gen/train_generator_ddp.json")
-    assert ("ranks ran: -m torch.distributed.run --standalone --nproc_per_node=2 -m histosynth.train_generator_ddp "
+    assert ("ranks ran: -m torch.distributed.run --standalone --nproc_per_node=2 -m histosynth.generative.train_generator_ddp "
             f"{args}") in out.out
     assert "torchrun exited with status 3" in out.err
 

@@ -10,20 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from histosynth.augment import AugmentConfig
-from histosynth.classifier import ClassifierConfig
+from histosynth.classification.classifier import ClassifierConfig
 from histosynth.config_schema import load_schema, section_defaults, train_config, validate_config
-from histosynth.filtering import FilterConfig
-from histosynth.gan_training import GANTrainConfig
+from histosynth.data.augment import AugmentConfig
+from histosynth.evaluation.filtering import FilterConfig
+from histosynth.generative.ldm import DiffusionTrainConfig, SamplingConfig
+from histosynth.generative.models.cgan import CGANConfig
+from histosynth.generative.models.dit import DiTConfig
+from histosynth.generative.models.histogan import HistoGANConfig
+from histosynth.generative.models.unet import UNetConfig
+from histosynth.generative.models.vae import VAEConfig
+from histosynth.generative.models.vitgan import ViTGANConfig
+from histosynth.generative.training import GANTrainConfig
+from histosynth.generative.vae_training import VAETrainConfig
 from histosynth.generators import FAMILIES, resolve_generators
-from histosynth.ldm import DiffusionTrainConfig, SamplingConfig
-from histosynth.models.cgan import CGANConfig
-from histosynth.models.dit import DiTConfig
-from histosynth.models.histogan import HistoGANConfig
-from histosynth.models.unet import UNetConfig
-from histosynth.models.vae import VAEConfig
-from histosynth.models.vitgan import ViTGANConfig
-from histosynth.vae_training import VAETrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = load_schema()

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from histosynth.models.dit import DiT, DiTConfig, SelfAttention, sincos_pos_embed_2d, timestep_embedding
-from histosynth.models.unet import AttentionBlock, UNet, UNetConfig
+from histosynth.generative.models.dit import DiT, DiTConfig, SelfAttention, sincos_pos_embed_2d, timestep_embedding
+from histosynth.generative.models.unet import AttentionBlock, UNet, UNetConfig
 
 
 def tiny_unet(**kw):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from histosynth.models.diffusion import Diffusion, cosine_alphas_cumprod, ema_copy, update_ema
+from histosynth.generative.models.diffusion import Diffusion, cosine_alphas_cumprod, ema_copy, update_ema
 
 
 def closed_form_alphas_cumprod(T, s=0.008):

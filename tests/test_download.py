@@ -1,4 +1,4 @@
-"""Tests for histosynth.download, offline: fixtures in the real layouts, served from
+"""Tests for histosynth.data.download, offline: fixtures in the real layouts, served from
 file:// URLs or a Range-capable http.server on 127.0.0.1 started by the test."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from histosynth import download as dl
+from histosynth.data import download as dl
 from histosynth.errors import InputError
 
 PCAM_H5 = [f"camelyonpatch_level_2_split_{s}_{k}.h5" for s in ("train", "valid", "test") for k in ("x", "y")]

@@ -1,4 +1,4 @@
-"""The generator-family registry (histosynth.families): every registered family has its module,
+"""The generator-family registry (histosynth.generative.families): every registered family has its module,
 its schema section, and traits that match what its module can do; nothing else lists them."""
 
 import ast
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from histosynth.config_schema import load_schema
-from histosynth.families import FAMILIES, family_module
-from histosynth.tables import generator_name
+from histosynth.generative.families import FAMILIES, family_module
+from histosynth.reporting.tables import generator_name
 
 SRC = Path(__file__).resolve().parents[1] / "src/histosynth"
 
@@ -25,7 +25,7 @@ def test_every_family_module_has_what_the_pipeline_calls(name):
 def test_the_schema_has_a_section_for_every_family_and_no_other():
     sections = load_schema()["properties"]["generator"]["properties"]
     assert set(sections) == set(FAMILIES)
-    assert set(p.stem for p in (SRC / "families").glob("*.py")) - {"__init__"} == set(FAMILIES)
+    assert set(p.stem for p in (SRC / "generative/families").glob("*.py")) - {"__init__"} == set(FAMILIES)
 
 
 def test_no_module_outside_the_family_modules_names_a_family():
@@ -59,6 +59,49 @@ def test_the_schema_enums_are_the_registries():
 
 
 def test_the_old_filter_name_still_runs_under_the_new_one():
-    from histosynth.filtering import FilterConfig
+    from histosynth.evaluation.filtering import FilterConfig
 
     assert FilterConfig(name="histogan").name == "selective"
+
+
+TOY = '''"""A toy family for the registry test: the cGAN's code under another name."""
+
+from histosynth.generative.families.cgan import Trainer, load_generator  # noqa: F401
+'''
+
+
+@pytest.mark.slow
+def test_a_new_family_is_a_module_a_registry_line_and_a_schema_section(tmp_path):
+    """Registered in a copy of the workflow, a sixth family runs its whole branch (dry run):
+    its module, one line in the registry and its schema section are all it touches."""
+    import shutil
+
+    import yaml
+
+    from test_workflow import REPO as ROOT
+    from test_workflow import micro_config, scheduled_jobs, snakemake
+
+    repo = tmp_path / "repo"
+    for name in ("workflow", "src"):
+        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    families = repo / "src/histosynth/generative/families"
+    (families / "toy.py").write_text(TOY)
+    with open(families / "__init__.py", "a") as f:
+        f.write('\nFAMILIES["toy"] = Family("Toy GAN")\n')
+    schema_path = repo / "workflow/schemas/config.schema.yaml"
+    schema = yaml.safe_load(schema_path.read_text())
+    sections = schema["properties"]["generator"]["properties"]
+    sections["toy"] = sections["cgan"]
+    schema_path.write_text(yaml.safe_dump(schema, sort_keys=False))
+
+    config = {**micro_config(tmp_path, {}), "generators": ["toy"], "filters": ["none"],
+              "strategies": ["baseline", "synthetic_only"],
+              "generator": {"toy": {"model": {"latent_dim": 8, "filters": 8, "d_filters": 8, "num_up": 3},
+                                    "epochs": 2, "save_from": 0, "device": "cpu", "threads": 1}}}
+    jobs = scheduled_jobs(snakemake(tmp_path, config, "-n", repo=repo))
+    assert jobs == {"download": 1, "prepare": 1, "split": 1, "feature_extractor": 1, "reference_quality": 1,
+                    "train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, "generate": 1,
+                    "convergence": 1, "filter": 1, "quality": 1, "quality_table": 1, "train_classifier": 2,
+                    "train_classifier_synthetic": 2, "aggregate": 1, "plot_synthetic_only_auc": 1}

@@ -8,8 +8,8 @@ import h5py
 import numpy as np
 import pytest
 
+from histosynth.data.store import read_store, write_store
 from histosynth.job import job
-from histosynth.store import read_store, write_store
 
 IMAGES = np.zeros((4, 8, 8, 3), np.uint8)
 LABELS = np.array([0, 1, 0, 1])

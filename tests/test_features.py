@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from histosynth.classifier import build_classifier
+from histosynth.classification.classifier import build_classifier
 from histosynth.errors import InputError
-from histosynth.features import (domain_extractor, extract_features, gaussian_stats, inception_extractor,
-                                 load_stats, save_stats)
+from histosynth.evaluation.features import domain_extractor, extract_features, gaussian_stats, inception_extractor, load_stats, save_stats
 
 
 def test_domain_extractor_gives_penultimate_features(tmp_path):

@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from histosynth.classifier import build_classifier
+from histosynth.classification.classifier import build_classifier
 from histosynth.config_schema import train_config
+from histosynth.data.store import read_extra, read_store
 from histosynth.errors import InputError
-from histosynth.features import domain_extractor, extract_features
-from histosynth.filtering import FilterConfig, filter_pool
-from histosynth.reference import target_counts
-from histosynth.gan_training import train_gan
-from histosynth.generate import generate_pool
-from histosynth.store import read_extra, read_store
+from histosynth.evaluation.features import domain_extractor, extract_features
+from histosynth.evaluation.filtering import FilterConfig, filter_pool
+from histosynth.evaluation.reference import target_counts
+from histosynth.generative.generate import generate_pool
+from histosynth.generative.training import train_gan
 from test_gan_training import TINY, data
 
 
@@ -60,7 +60,7 @@ def test_every_filter_keeps_exactly_r_n_per_class(setup, tmp_path, name):
 
 
 def test_threshold_filter_draws_more_until_the_target_is_met(setup, tmp_path, monkeypatch):
-    import histosynth.filtering as filtering
+    import histosynth.evaluation.filtering as filtering
 
     # One image in 8 passes: the pool (16 per class) gives 2 of the 4 wanted per class,
     # so 32 more per class are drawn from the generator, of which 4 pass.
@@ -88,7 +88,7 @@ def test_unknown_filter():
 
 
 def test_confidence_filter_on_a_vitgan_pool_uses_its_own_class_head(setup, tmp_path):
-    from histosynth.filtering import _critic
+    from histosynth.evaluation.filtering import _critic
     from test_gan_training import VITGAN_TINY
 
     tmp, x, y, real_features, _ = setup

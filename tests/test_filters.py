@@ -6,11 +6,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from histosynth.classifier import Classifier, build_classifier
+from histosynth.classification.classifier import Classifier, build_classifier
 from histosynth.errors import InputError
-from histosynth.filters import (MCDropoutResNet, class_centroids, confidence_select, histogan_select,
-                                load_mc_dropout_model, mc_dropout_scores, normalise_channels,
-                                per_class_realism, realism_select, select_first)
+from histosynth.evaluation.filters import MCDropoutResNet, class_centroids, confidence_select, histogan_select, load_mc_dropout_model, mc_dropout_scores, normalise_channels, per_class_realism, realism_select, select_first
 
 
 def counts(labels, idx):

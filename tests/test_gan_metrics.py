@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from histosynth.metrics import ema_smooth, frechet_distance, kernel_inception_distance
+from histosynth.evaluation.metrics import ema_smooth, frechet_distance, kernel_inception_distance
 
 
 def gaussian_stats(rng, n, d, shift=0.0, scale=1.0):

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import histosynth.gan_training as gt
+import histosynth.generative.training as gt
 from histosynth.checkpoint import list_checkpoints
 from histosynth.config_schema import train_config
-from histosynth.families import family_module
-from histosynth.gan_training import train_gan
+from histosynth.generative.families import family_module
+from histosynth.generative.training import train_gan
 
 TINY = {"g_channels": 8, "d_channels": 8, "d_max_mult": 2, "z_dim": 16, "g_up_blocks": 2,
         "g_res_blocks": 1, "mbd_kernels": 4, "mbd_kernel_dim": 2}
@@ -105,7 +105,7 @@ def test_bad_settings(tmp_path):
 
 
 def test_cgan_trains_snapshots_and_generates(tmp_path):
-    from histosynth.generate import load_generator, sample_images
+    from histosynth.generative.generate import load_generator, sample_images
 
     x, y = data()
     c = cfg(family="cgan", model=CGAN_TINY, epochs=2, save_from=0)
@@ -133,7 +133,7 @@ def test_bfloat16_autocast_path_trains(tmp_path, monkeypatch, family, model):
 
 
 def test_gradient_penalty_is_float32_inside_autocast():
-    from histosynth.models import histogan
+    from histosynth.generative.models import histogan
 
     torch.manual_seed(0)
     critic = histogan.Discriminator(16, histogan.HistoGANConfig(image_size=16, **TINY)).eval()  # eval: no SN update

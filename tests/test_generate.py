@@ -6,10 +6,10 @@ import pandas as pd
 import pytest
 
 from histosynth.config_schema import train_config
-from histosynth.features import extract_features, gaussian_stats
-from histosynth.gan_training import train_gan
-from histosynth.generate import generate_pool, load_generator, sample_images, score_checkpoints
-from histosynth.store import read_store
+from histosynth.data.store import read_store
+from histosynth.evaluation.features import extract_features, gaussian_stats
+from histosynth.generative.generate import generate_pool, load_generator, sample_images, score_checkpoints
+from histosynth.generative.training import train_gan
 from test_gan_training import TINY, data
 
 
@@ -79,7 +79,7 @@ def test_bn_generator_samples_with_standing_statistics(tmp_path):
     import torch
     from dataclasses import asdict
 
-    from histosynth.models.histogan import Generator, HistoGANConfig
+    from histosynth.generative.models.histogan import Generator, HistoGANConfig
 
     torch.manual_seed(0)
     G = Generator(HistoGANConfig(image_size=32, num_classes=2, **TINY))
@@ -104,7 +104,7 @@ def test_bn_generator_samples_with_standing_statistics(tmp_path):
 
 def test_scoring_latents_are_never_pool_latents(trained, tmp_path, monkeypatch):
     """The images a snapshot is chosen on must not be its pool's first images (same default seed 0)."""
-    import histosynth.generate as gen
+    import histosynth.generative.generate as gen
 
     tmp, x = trained
     drawn = []

@@ -13,8 +13,8 @@ import torch
 
 from histosynth.checkpoint import list_checkpoints
 from histosynth.config_schema import train_config
-from histosynth.gan_training import train_gan
-from histosynth.generate import load_generator, sample_images
+from histosynth.generative.generate import load_generator, sample_images
+from histosynth.generative.training import train_gan
 
 
 def toy_tissue(n_per_class=48, size=16, seed=0):

@@ -5,18 +5,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from histosynth.models.histogan import (
-    ConditionalBatchNorm2d,
-    ConditionalLayerNorm2d,
-    HistoGANConfig,
-    MinibatchDiscrimination,
-    build_histogan,
-    critic_loss,
-    generator_loss,
-    gradient_penalty,
-    num_stages,
-    real_pyramid,
-)
+from histosynth.generative.models.histogan import ConditionalBatchNorm2d, ConditionalLayerNorm2d, HistoGANConfig, MinibatchDiscrimination, build_histogan, critic_loss, generator_loss, gradient_penalty, num_stages, real_pyramid
 
 
 def tiny(image_size, **kw):

@@ -7,10 +7,10 @@ import torch
 from histosynth.checkpoint import list_checkpoints
 from histosynth.config_schema import train_config
 from histosynth.errors import InputError
-from histosynth.gan_training import train_gan
-from histosynth.generate import load_generator, sample_images
-from histosynth.ldm import LDMTrainer
-from histosynth.vae_training import VAETrainConfig, train_vae
+from histosynth.generative.generate import load_generator, sample_images
+from histosynth.generative.ldm import LDMTrainer
+from histosynth.generative.training import train_gan
+from histosynth.generative.vae_training import VAETrainConfig, train_vae
 
 MODELS = {
     "ldm_unet": {"base_channels": 32, "channel_mults": [1, 2], "num_res_blocks": 1, "attention_resolutions": [2],

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from histosynth import prepare as prep
-from histosynth import tissue
+from histosynth.data import prepare as prep
+from histosynth.data import tissue
+from histosynth.data.prepare import prepare_dataset
+from histosynth.data.store import read_store, store_info
 from histosynth.errors import InputError
-from histosynth.prepare import prepare_dataset
-from histosynth.store import read_store, store_info
 
 SPLITS = ("train", "valid", "test")
 PCAM = "camelyonpatch_level_2_split_{split}_{xy}.h5"

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from histosynth.errors import InputError
-from histosynth.features import gaussian_stats
-from histosynth.metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
-from histosynth.quality import aggregate_quality, plot_feature_map, quality_metrics, write_quality
+from histosynth.evaluation.features import gaussian_stats
+from histosynth.evaluation.metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
+from histosynth.evaluation.quality import aggregate_quality, plot_feature_map, quality_metrics, write_quality
 
 
 def features(seed, n_real=120, n_fake=100, dim=8, shift=0.3, scale=1.2):

@@ -13,7 +13,7 @@ from prdc import compute_prdc
 from scipy.spatial.distance import cdist
 
 from histosynth.errors import InputError
-from histosynth.metrics import f1_score, precision_recall, realism_score
+from histosynth.evaluation.metrics import f1_score, precision_recall, realism_score
 
 
 def features(seed, n_real=200, n_fake=150, dim=16):

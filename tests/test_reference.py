@@ -1,13 +1,12 @@
-"""The real-vs-real reference, the VAE bound and the convergence verdict (histosynth.reference)."""
+"""The real-vs-real reference, the VAE bound and the convergence verdict (histosynth.evaluation.reference)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from histosynth.quality import quality_metrics
-from histosynth.reference import (draw_per_class, first_per_class, scoring_counts, verdict, write_convergence,
-                                  write_reference)
+from histosynth.evaluation.quality import quality_metrics
+from histosynth.evaluation.reference import draw_per_class, first_per_class, scoring_counts, verdict, write_convergence, write_reference
 
 QUALITY = {"k": 3, "kid_subsets": 10, "seed": 0}
 

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from histosynth.errors import InputError
-from histosynth.selection import plot_curve, select_checkpoint, write_selection
+from histosynth.evaluation.selection import plot_curve, select_checkpoint, write_selection
 
 
 def test_smoothing_skips_a_lucky_outlier():

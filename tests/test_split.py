@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from histosynth.data.split import balanced_subsets, read_subset, write_subsets
+from histosynth.data.store import write_store
 from histosynth.errors import InputError
-from histosynth.split import balanced_subsets, read_subset, write_subsets
-from histosynth.store import write_store
 
 
 def test_pcam_protocol_subsets_are_disjoint_and_balanced():

@@ -6,9 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from histosynth import store
+from histosynth.data import store
+from histosynth.data.store import read_store, store_info, write_store
 from histosynth.errors import InputError
-from histosynth.store import read_store, store_info, write_store
 
 
 def make(tmp_path, n=50):

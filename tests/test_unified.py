@@ -9,15 +9,15 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from histosynth.aggregate import aggregate_classification, load_runs, paired_comparison, summarise
+from histosynth.classification.unified import choose_epoch, evaluate_unified, load_critic
 from histosynth.config_schema import train_config
+from histosynth.data.store import write_store
 from histosynth.errors import InputError
-from histosynth.gan_training import train_gan
+from histosynth.generative.models.vitgan import class_probabilities
+from histosynth.generative.training import train_gan
 from histosynth.generators import resolve_generators
-from histosynth.models.vitgan import class_probabilities
-from histosynth.store import write_store
-from histosynth.tables import generator_name
-from histosynth.unified import choose_epoch, evaluate_unified, load_critic
+from histosynth.reporting.aggregate import aggregate_classification, load_runs, paired_comparison, summarise
+from histosynth.reporting.tables import generator_name
 from test_gan_training import VITGAN_TINY, data
 
 
@@ -43,7 +43,7 @@ def test_test_metrics_come_from_the_chosen_snapshots_class_head(trained, tmp_pat
     assert m["best_epoch"] == 3 and m["strategy"] == "unified" and m["filter"] is None
     assert m["components"] == {"class_projection": True, "selective": True}
     # Independent reference: scikit-learn on the class head's softmax.
-    from histosynth.store import read_store
+    from histosynth.data.store import read_store
 
     x, y, _ = read_store(trained / "test.h5")
     critic, _ = load_critic(trained / "checkpoints/epoch_00003.pt")

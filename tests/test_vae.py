@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import histosynth.vae_training as vt
+import histosynth.generative.vae_training as vt
 from histosynth.errors import InputError
-from histosynth.models.vae import VAE, VAEConfig, vae_loss
-from histosynth.vae_training import VAETrainConfig, load_vae, train_vae
+from histosynth.generative.models.vae import VAE, VAEConfig, vae_loss
+from histosynth.generative.vae_training import VAETrainConfig, load_vae, train_vae
 
 TINY = {"base_channels": 8, "channel_mults": [1, 2], "latent_channels": 2}
 

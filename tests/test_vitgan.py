@@ -9,20 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from histosynth.models.vitgan import (
-    ConditionalLayerNorm,
-    MultiHeadAttention,
-    MultiLossWeight,
-    ViTGANConfig,
-    build_vitgan,
-    confidence_mask,
-    critic_loss,
-    discriminator_loss,
-    generator_loss,
-    multi_loss_weighting,
-    truncated_normal,
-    window_attention,
-)
+from histosynth.generative.models.vitgan import ConditionalLayerNorm, MultiHeadAttention, MultiLossWeight, ViTGANConfig, build_vitgan, confidence_mask, critic_loss, discriminator_loss, generator_loss, multi_loss_weighting, truncated_normal, window_attention
 
 
 def tiny(image_size=16, **kw):
@@ -247,7 +234,7 @@ def test_selective_counts_only_confident_fakes():
 def test_generation_maps_normal_draws_onto_the_truncated_normal():
     from scipy import stats
 
-    from histosynth.models.vitgan import TruncatedViTGenerator
+    from histosynth.generative.models.vitgan import TruncatedViTGenerator
 
     seen = []
 

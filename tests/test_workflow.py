@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from histosynth.store import read_store
+from histosynth.data.store import read_store
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from histosynth.store import read_store
+from histosynth.data.store import read_store
 from test_workflow import GAN_MICRO, REPO, finished_micro_run, scheduled_jobs, snakemake, snakemake_command
 
 
@@ -90,17 +90,17 @@ def test_editing_a_stages_code_reruns_that_stage_onward(finished_run):
     config = {**config, **LDM_MICRO}
     dit_branch = {"train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, "generate": 1, "filter": 1,
                   "quality": 1, "quality_table": 1, "convergence": 1}
-    edited = _edited_copy(tmp / "dit_edit", "models/dit", "\nEDITED = True\n")
+    edited = _edited_copy(tmp / "dit_edit", "generative/models/dit", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == dit_branch
-    # models/vae.py is imported by no script: train_vae reaches it through vae_training, the DiT's jobs
-    # through ldm. Its edit reruns the VAE and the DiT branch, never HistoGAN's.
-    edited = _edited_copy(tmp / "vae_edit", "models/vae", "\nEDITED = True\n")
+    # generative/models/vae.py is imported by no script: train_vae reaches it through vae_training, the
+    # DiT's jobs through ldm. Its edit reruns the VAE and the DiT branch, never HistoGAN's.
+    edited = _edited_copy(tmp / "vae_edit", "generative/models/vae", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {"train_vae": 1, "vae_quality": 1,
                                                                          **dit_branch}
-    edited = _edited_copy(tmp / "aggregate_edit", "aggregate", "\nEDITED = True\n")
+    edited = _edited_copy(tmp / "aggregate_edit", "reporting/aggregate", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {"aggregate": 1}
     # Comments and docstrings change nothing the code does: nothing reruns.
-    edited = _edited_copy(tmp / "comment_edit", "gan_training", "\n# a reworded comment\n")
+    edited = _edited_copy(tmp / "comment_edit", "generative/training", "\n# a reworded comment\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .fileio import atomic_path
+from histosynth.fileio import atomic_path
 
 PATTERN = re.compile(r"^epoch_(\d+)\.pt$")
 

@@ -83,7 +83,7 @@ def section_defaults(*keys: str, schema: dict | None = None):
 def train_config(family: str, **overrides):
     """The GANTrainConfig a family trains with by default, `overrides` replacing whole keys:
     train_config("histogan", model=TINY, epochs=3, device="cpu")."""
-    from .gan_training import GANTrainConfig
+    from histosynth.generative.training import GANTrainConfig
 
     names = {f.name for f in dataclasses.fields(GANTrainConfig)}
     # threads, gpus and sampling are the job's resources and the sampler, not training settings.

@@ -13,9 +13,9 @@ import copy
 
 import jsonschema
 
-from .config_schema import error_line
-from .errors import InputError
-from .families import FAMILIES
+from histosynth.config_schema import error_line
+from histosynth.errors import InputError
+from histosynth.generative.families import FAMILIES
 
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)

@@ -51,7 +51,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
-from .errors import InputError
+from histosynth.errors import InputError
 
 LOCK_DIR_ENV = "HISTOSYNTH_GPU_LOCK_DIR"
 PROC_GPUS = "/proc/driver/nvidia/gpus"  # one folder per GPU, named by PCI bus id

@@ -15,7 +15,7 @@ import os
 import sys
 import traceback
 
-from .errors import InputError
+from histosynth.errors import InputError
 
 
 class _Tee:
@@ -48,7 +48,7 @@ def _gpu_slot(smk):
     if n <= 0:
         yield
         return
-    from .gpu_slots import gpu_slots
+    from histosynth.gpu_slots import gpu_slots
 
     with gpu_slots(n) as ids:
         if ids:

@@ -6,7 +6,7 @@ graph is followed from the script through every `histosynth` module it reaches (
 imports inside functions included), and editing any of them reruns exactly the stages
 whose closure holds it, and what depends on them.
 
-A generator family's own module (histosynth.families.<name>) counts only for that
+A generator family's own module (histosynth.generative.families.<name>) counts only for that
 family's stages: a DiT edit reruns the DiT branches, never HistoGAN's. The job helper
 (histosynth.job: logs, GPU slots, clean errors) runs every stage but computes nothing,
 so it is not followed.
@@ -101,7 +101,7 @@ def import_closure(script: Path, extra=(), *, skip: frozenset = frozenset(), pac
 
 
 def code_hash(modules, package: Path = PACKAGE) -> str:
-    """sha256 (16 hex digits) of the named modules' code ("histosynth.gan_training", ...)."""
+    """sha256 (16 hex digits) of the named modules' code ("histosynth.generative.training", ...)."""
     h = hashlib.sha256()
     for name in sorted(set(modules)):
         path = _module_file(name, package)
@@ -115,7 +115,7 @@ def stage_code(script, family: str | None = None, *, families: dict | None = Non
     """The code hash of a stage: its script's import closure, with `family`'s modules and none
     of the other families' (`families`: {family: its modules}, default families.family_modules())."""
     if families is None:
-        from .families import family_modules
+        from histosynth.generative.families import family_modules
         families = family_modules()
     own = set(families.get(family, ())) if family else set()
     others = frozenset(m for f, mods in families.items() if f != family for m in mods) - own

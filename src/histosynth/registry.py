@@ -3,7 +3,7 @@
 The rules (wildcards, which settings reach which job), the schema's enums (checked
 by tests/test_families.py), the tables' names and the classifier's strategy checks
 all derive from these two dicts. Generator families have their own registry,
-histosynth.families. Nothing here imports torch: the workflow reads it at start-up.
+histosynth.generative.families. Nothing here imports torch: the workflow reads it at start-up.
 """
 
 from __future__ import annotations

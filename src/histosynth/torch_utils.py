@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from histosynth.errors import InputError
 
 
 def pick_device(name: str) -> torch.device:

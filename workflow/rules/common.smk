@@ -13,13 +13,13 @@ import yaml
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
-from histosynth.download import expected_files  # noqa: E402
+from histosynth.data.download import expected_files  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
-from histosynth.families import FAMILIES  # noqa: E402
+from histosynth.generative.families import FAMILIES  # noqa: E402
 from histosynth.registry import FILTER_ALIASES, FILTERS, STRATEGIES, filter_name  # noqa: E402
 from histosynth.generators import resolve_generators  # noqa: E402
 from histosynth.provenance import stage_code  # noqa: E402
-from histosynth.prepare import resolve_options  # noqa: E402
+from histosynth.data.prepare import resolve_options  # noqa: E402
 
 DATASET = config["dataset"]["name"]
 RAW = f"{config['resources_dir']}/{DATASET}"

@@ -54,7 +54,7 @@ rule inception_stats:
 
 
 # Real validation vs real training subset, drawn as the synthetic sets are: the reference
-# line of every FID curve and the first row of the quality table (histosynth.reference).
+# line of every FID curve and the first row of the quality table (histosynth.evaluation.reference).
 rule reference_quality:
     input:
         unpack(inception_inputs),
@@ -151,7 +151,7 @@ rule train_generator:
     threads: lambda w: GENERATORS[w.generator]["threads"]
     priority: 1  # before the classifier runs that do not wait for it
     resources:
-        # `gpus` > 1: one torchrun process per GPU (DistributedDataParallel, histosynth.distributed).
+        # `gpus` > 1: one torchrun process per GPU (DistributedDataParallel, histosynth.generative.distributed).
         gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else GENERATORS[w.generator].get("gpus", 1),
     log:
         f"{LOGS}/train_generator/{{generator}}_subset{{subset}}.log",

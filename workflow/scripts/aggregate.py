@@ -1,6 +1,6 @@
 # Rule aggregate: every classifier run -> the classification table (mean ± std, paired tests).
-from histosynth.aggregate import aggregate_classification
 from histosynth.job import job
+from histosynth.reporting.aggregate import aggregate_classification
 
 with job(snakemake) as smk:  # noqa: F821
     o, p = smk.output, smk.params

@@ -1,8 +1,8 @@
 # Rule convergence: is the selected snapshot near real-vs-real? The verdict flags tables, figures
 # and the report; the checkpoint curve is drawn against the reference.
-from histosynth.features import RealFeatures
+from histosynth.evaluation.features import RealFeatures
+from histosynth.evaluation.reference import judge_convergence
 from histosynth.job import job
-from histosynth.reference import judge_convergence
 
 with job(snakemake) as smk:  # noqa: F821
     i, o, p = smk.input, smk.output, smk.params

@@ -1,7 +1,7 @@
 # Rule download: fetch the dataset's files and verify their checksums.
 import os
 
-from histosynth.download import download_dataset
+from histosynth.data.download import download_dataset
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -1,8 +1,8 @@
 # Rule evaluate_unified: the ViT-cGAN critic's class head as the classifier (strategy `unified`).
 import os
 
+from histosynth.classification.unified import evaluate_unified
 from histosynth.job import job
-from histosynth.unified import evaluate_unified
 
 with job(snakemake) as smk:  # noqa: F821
     i, p = smk.input, smk.params

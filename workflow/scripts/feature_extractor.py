@@ -2,8 +2,8 @@
 # subset's feature statistics.
 import os
 
-from histosynth.classifier import ClassifierConfig
-from histosynth.features import train_domain_extractor
+from histosynth.classification.classifier import ClassifierConfig
+from histosynth.evaluation.features import train_domain_extractor
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -1,7 +1,7 @@
 # Rule filter: keep r·N_i images per class from the pool (none, HistoGAN selective, realism,
 # class realism, confidence), drawing more from the generator when a filter runs short.
-from histosynth.features import RealFeatures
-from histosynth.filtering import FilterConfig, filter_selected
+from histosynth.evaluation.features import RealFeatures
+from histosynth.evaluation.filtering import FilterConfig, filter_selected
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -1,6 +1,6 @@
 # Rule generate: the selected snapshot's pool of pool_factor·r·N_i images per class, and its
 # real-vs-synthetic grid.
-from histosynth.generate import generate_selected
+from histosynth.generative.generate import generate_selected
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -1,5 +1,5 @@
 # Rule inception_stats: pytorch-fid Inception statistics of the real subset, for standard FID.
-from histosynth.features import write_inception_stats
+from histosynth.evaluation.features import write_inception_stats
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

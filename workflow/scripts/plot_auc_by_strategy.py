@@ -1,6 +1,6 @@
 # Rule plot_auc_by_strategy: test AUC per generator, filter and strategy.
-from histosynth.aggregate import plot_auc_by_strategy
 from histosynth.job import job
+from histosynth.reporting.aggregate import plot_auc_by_strategy
 
 with job(snakemake) as smk:  # noqa: F821
     p = smk.params

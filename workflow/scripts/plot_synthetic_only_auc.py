@@ -1,6 +1,6 @@
 # Rule plot_synthetic_only_auc: synthetic-only test AUC against the real baseline.
-from histosynth.aggregate import plot_synthetic_only_auc
 from histosynth.job import job
+from histosynth.reporting.aggregate import plot_synthetic_only_auc
 
 with job(snakemake) as smk:  # noqa: F821
     plot_synthetic_only_auc(smk.input.runs, smk.output.plot, generators=smk.params.generators,

@@ -1,8 +1,8 @@
 # Rule prepare: the raw download (or an image folder) -> canonical HDF5 stores per split.
 import os
 
+from histosynth.data.prepare import prepare_dataset
 from histosynth.job import job
-from histosynth.prepare import prepare_dataset
 
 with job(snakemake) as smk:  # noqa: F821
     p = smk.params

@@ -1,8 +1,8 @@
 # Rule quality: FID, KID, precision and recall of a filter's kept images, and the real / kept /
 # rejected feature map.
-from histosynth.features import RealFeatures
+from histosynth.evaluation.features import RealFeatures
+from histosynth.evaluation.quality import measure_kept
 from histosynth.job import job
-from histosynth.quality import measure_kept
 
 with job(snakemake) as smk:  # noqa: F821
     i, o, p, w = smk.input, smk.output, smk.params, smk.wildcards

@@ -1,7 +1,7 @@
 # Rule quality_table: every quality measurement -> the quality table, with the real-vs-real
 # reference rows, the VAE bounds and the convergence flags.
+from histosynth.evaluation.quality import aggregate_quality
 from histosynth.job import job
-from histosynth.quality import aggregate_quality
 
 with job(snakemake) as smk:  # noqa: F821
     i, o, p = smk.input, smk.output, smk.params

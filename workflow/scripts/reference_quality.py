@@ -1,8 +1,8 @@
 # Rule reference_quality: real validation vs the real training subset, drawn as the synthetic sets
 # are: the reference line of every FID curve and the first row of the quality table.
-from histosynth.features import RealFeatures
+from histosynth.evaluation.features import RealFeatures
+from histosynth.evaluation.reference import measure_reference
 from histosynth.job import job
-from histosynth.reference import measure_reference
 
 with job(snakemake) as smk:  # noqa: F821
     i, p = smk.input, smk.params

@@ -1,8 +1,8 @@
 # Rule score_checkpoints: FID, KID, precision and recall of every snapshot against the real subset.
 import os
 
-from histosynth.features import RealFeatures
-from histosynth.generate import score_training_run
+from histosynth.evaluation.features import RealFeatures
+from histosynth.generative.generate import score_training_run
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

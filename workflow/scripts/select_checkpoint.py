@@ -1,6 +1,6 @@
 # Rule select_checkpoint: EMA-smooth the checkpoint curve and pick the best snapshot.
+from histosynth.evaluation.selection import write_selection
 from histosynth.job import job
-from histosynth.selection import write_selection
 
 with job(snakemake) as smk:  # noqa: F821
     write_selection(smk.input.scores, smk.output.curve, smk.output.choice, metric=smk.params.metric,

@@ -2,7 +2,7 @@
 # fed a filtered synthetic set for the synthetic strategies.
 import os
 
-from histosynth.classifier import ClassifierConfig, train_classifier
+from histosynth.classification.classifier import ClassifierConfig, train_classifier
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -2,7 +2,7 @@
 # (`generator.<name>.gpus`) runs one torchrun process per GPU.
 import os
 
-from histosynth.gan_training import train_generator
+from histosynth.generative.training import train_generator
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -1,8 +1,8 @@
 # Rule train_vae: the subset's VAE, whose latent space latent diffusion trains in.
 import os
 
+from histosynth.generative.vae_training import VAETrainConfig, train_subset_vae
 from histosynth.job import job
-from histosynth.vae_training import VAETrainConfig, train_subset_vae
 
 with job(snakemake) as smk:  # noqa: F821
     i, o = smk.input, smk.output

@@ -1,8 +1,8 @@
 # Rule vae_quality: the VAE's reconstructions of the reference's validation draw, the FID that
 # bounds latent diffusion.
-from histosynth.features import RealFeatures
+from histosynth.evaluation.features import RealFeatures
+from histosynth.generative.vae_training import measure_vae
 from histosynth.job import job
-from histosynth.reference import measure_vae
 
 with job(snakemake) as smk:  # noqa: F821
     i, p = smk.input, smk.params
