@@ -1,4 +1,5 @@
-"""The config schema (workflow/schemas/config.schema.yaml): the one source of defaults.
+"""The config schema (workflow/schemas/config.schema.yaml, with each generator family's section
+from generative/families/<family>.yaml): the one source of defaults.
 
 `validate_config` is what the Snakefile runs at start-up: Snakemake's own validation,
 which fills every default into the config, with its error cut down to one line that
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tempfile
 from pathlib import Path
 
 import jsonschema
@@ -23,7 +25,13 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 
 def load_schema(path=SCHEMA_PATH) -> dict:
-    return yaml.safe_load(Path(path).read_text())
+    """The config schema, with every registered family's section (its <family>.yaml in
+    histosynth/generative/families) under `generator`."""
+    from histosynth.generative.families import FAMILIES, family_schema
+
+    schema = yaml.safe_load(Path(path).read_text())
+    schema["properties"]["generator"]["properties"] = {name: family_schema(name) for name in FAMILIES}
+    return schema
 
 
 def error_line(error: jsonschema.ValidationError, prefix: str = "") -> str:
@@ -52,13 +60,17 @@ def validate_config(config: dict, schema_path=SCHEMA_PATH) -> None:
     from snakemake.exceptions import WorkflowError
     from snakemake.utils import validate
 
-    try:
-        validate(config, str(schema_path), set_default=True)
-    except WorkflowError as e:
-        cause = e.__context__  # Snakemake raises its WorkflowError while handling jsonschema's error
-        if not isinstance(cause, jsonschema.ValidationError):
-            raise
-        raise ValueError(error_line(cause)) from None
+    # Snakemake validates against a file: the schema with the families' sections put in.
+    with tempfile.TemporaryDirectory() as tmp:
+        merged = Path(tmp) / "config.schema.yaml"
+        merged.write_text(yaml.safe_dump(load_schema(schema_path), sort_keys=False))
+        try:
+            validate(config, str(merged), set_default=True)
+        except WorkflowError as e:
+            cause = e.__context__  # Snakemake raises its WorkflowError while handling jsonschema's error
+            if not isinstance(cause, jsonschema.ValidationError):
+                raise
+            raise ValueError(error_line(cause)) from None
 
 
 def defaults(node: dict):

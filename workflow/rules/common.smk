@@ -6,7 +6,6 @@ import sys
 from functools import cache
 from pathlib import Path
 
-import yaml
 
 # The workflow runs the package it ships with, installed or not (also inside a `--sdm conda`
 # environment): here, and in every job's script, which inherits the environment.
@@ -15,7 +14,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 from histosynth.data.download import expected_files  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
-from histosynth.generative.families import FAMILIES  # noqa: E402
+from histosynth.generative.families import FAMILIES, family_schema  # noqa: E402
 from histosynth.registry import FILTER_ALIASES, FILTERS, STRATEGIES, filter_name  # noqa: E402
 from histosynth.generators import resolve_generators  # noqa: E402
 from histosynth.provenance import stage_code  # noqa: E402
@@ -53,9 +52,8 @@ SEEDS = list(range(config["seeds"]))
 # Every generator's full settings, named variants (`generator.<name>.family`) merged over
 # their family's section and checked against its schema; rules read them from here.
 try:
-    _family_schemas = yaml.safe_load(open(f"{workflow.basedir}/workflow/schemas/config.schema.yaml"))
     GENERATORS = resolve_generators(config["generators"], config["generator"],
-                                    _family_schemas["properties"]["generator"]["properties"])
+                                    {name: family_schema(name) for name in FAMILIES})
 except InputError as e:
     raise ValueError(str(e)) from None
 # Strategies on real data run per (subset, seed); the synthetic ones also per (generator, filter);

@@ -36,8 +36,8 @@ from histosynth.generative.families import FAMILIES, family_module
 from histosynth.torch_utils import amp_dtype, pick_device
 
 # The fields without a default differ between families: their defaults are each family's
-# section of workflow/schemas/config.schema.yaml (histosynth.config_schema.train_config builds
-# one from it). The others agree in every family; tests/test_defaults.py checks both.
+# config section (generative/families/<family>.yaml; histosynth.config_schema.train_config
+# builds one from it). The others agree in every family; tests/test_defaults.py checks both.
 @dataclass(frozen=True, kw_only=True)
 class GANTrainConfig:
     family: str

@@ -1,17 +1,24 @@
 """Generator families, one module each, loaded by name (family_module).
 
-A family module holds everything that is that family's own: `Trainer` (its models,
-optimisers and one training step, for histosynth.generative.training's loop),
-`load_generator(state, device, sampling)` (a snapshot's sampler), and, when its critic
-classifies images, `load_critic(state, device)`. Its name, display name and traits are
-registered below; nothing else names it, so code provenance counts its module only
-for its own jobs. This module imports nothing heavy: the workflow reads it at start-up.
+A family is two files here and nothing else: `<name>.py`, everything that is that
+family's own code (`Trainer`: its models, optimisers and one training step, for
+histosynth.generative.training's loop; `load_generator(state, device, sampling)`: a
+snapshot's sampler; and, when its critic classifies images, `load_critic(state,
+device)`), and `<name>.yaml`, its registration (display name, order, traits) and the
+schema of its config section `generator.<name>`, which config_schema.load_schema puts
+into the config schema. Nothing else names a family, so code provenance counts its
+module only for its own jobs. This module imports nothing heavy: the workflow reads it at
+start-up.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 from histosynth.errors import InputError
 
@@ -25,15 +32,30 @@ class Family:
     critic_classifies: bool = False  # its critic's class head is a classifier: filter confidence, strategy unified
 
 
-# The registry: adding a family is a module in histosynth/families/, a line here and its
-# section of the config schema; the rules, tables and provenance derive the rest.
-FAMILIES = {
-    "histogan": Family("HistoGAN"),
-    "cgan": Family("cGAN"),
-    "ldm_unet": Family("LDM U-Net", latent=True),
-    "ldm_dit": Family("LDM DiT", latent=True),
-    "vitgan": Family("ViT-cGAN", critic_classifies=True),
-}
+def _registrations() -> dict[str, dict]:
+    """{family: its <family>.yaml}, in their `order`: every family module's registration."""
+    specs = {}
+    for path in Path(__file__).parent.glob("*.yaml"):
+        spec = yaml.safe_load(path.read_text())
+        missing = {"display", "order", "settings"} - set(spec or {})
+        if missing:
+            raise InputError(f"{path}: a family registration needs {sorted(missing)}")
+        if not (path.with_suffix(".py")).is_file():
+            raise InputError(f"{path}: no family module {path.with_suffix('.py').name} beside it")
+        specs[path.stem] = spec
+    return dict(sorted(specs.items(), key=lambda kv: kv[1]["order"]))
+
+
+_SPECS = _registrations()
+# The registry: a family is its module and its <family>.yaml here; the rules, tables, the
+# config schema and code provenance derive the rest.
+FAMILIES = {name: Family(spec["display"], bool(spec.get("latent", False)), bool(spec.get("critic_classifies", False)))
+            for name, spec in _SPECS.items()}
+
+
+def family_schema(name: str) -> dict:
+    """The JSON schema of a family's config section `generator.<name>` (with its defaults)."""
+    return copy.deepcopy(_SPECS[name]["settings"])
 
 
 def family_module(name: str):
