@@ -167,3 +167,24 @@ def load_latent_generator(build_denoiser, state: dict, device="cpu", sampling=No
         return LatentDiffusionGenerator(build_denoiser, state, sampling).to(device).eval()
     except ValueError as e:
         raise InputError(f"generator sampling settings: {e}") from e
+
+
+def latent_family(denoiser_cls, config_cls):
+    """(Trainer, load_generator) of a latent-diffusion family whose denoiser is
+    denoiser_cls(config_cls(...)): what a family module in generative/families/ exports."""
+
+    def build_denoiser(model_cfg: dict, in_channels: int, input_size: int, num_classes: int):
+        cfg = config_cls(**{**model_cfg, "in_channels": in_channels, "input_size": input_size,
+                            "num_classes": num_classes})
+        return cfg, denoiser_cls(cfg)
+
+    class Trainer(LDMTrainer):
+        pass
+
+    Trainer.build_denoiser = staticmethod(build_denoiser)
+
+    def load_generator(state: dict, device="cpu", sampling=None) -> nn.Module:
+        """Denoise the snapshot's latents with its EMA weights, decode with its VAE; eval mode."""
+        return load_latent_generator(build_denoiser, state, device, sampling)
+
+    return Trainer, load_generator

@@ -1,24 +1,7 @@
 """Latent diffusion with a U-Net denoiser (latent-diffusion-pcam-realism.md sections 3.2
 and 4.2): everything but the denoiser is histosynth.generative.ldm's."""
 
-from __future__ import annotations
-
-import torch
-
-from histosynth.generative.ldm import LDMTrainer, load_latent_generator
+from histosynth.generative.ldm import latent_family
 from histosynth.generative.models.unet import UNet, UNetConfig
 
-
-def build_denoiser(model_cfg: dict, in_channels: int, input_size: int, num_classes: int):
-    """(config, module) of the denoiser for latents of this shape."""
-    cfg = UNetConfig(**{**model_cfg, "in_channels": in_channels, "input_size": input_size, "num_classes": num_classes})
-    return cfg, UNet(cfg)
-
-
-class Trainer(LDMTrainer):
-    build_denoiser = staticmethod(build_denoiser)
-
-
-def load_generator(state: dict, device="cpu", sampling=None) -> torch.nn.Module:
-    """Denoise the snapshot's latents with its EMA weights, decode with its VAE; eval mode."""
-    return load_latent_generator(build_denoiser, state, device, sampling)
+Trainer, load_generator = latent_family(UNet, UNetConfig)
