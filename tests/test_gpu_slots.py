@@ -251,7 +251,7 @@ def test_importing_the_allocator_does_not_import_torch():
 # --- the hook in histosynth.job ---------------------------------------------------
 
 @pytest.fixture
-def stages():
+def jobs():
     """run(smk): a job whose one call records the GPUs it was given."""
     from histosynth.job import job
 
@@ -269,11 +269,11 @@ def fake_smk(tmp_path, gpu=1, allow_cpu=False):
                            resources={"gpu": gpu}, config={"allow_cpu": allow_cpu}, threads=1)
 
 
-def test_gpu_job_without_gpu_fails_fast_unless_allow_cpu(tmp_path, monkeypatch, stages, capsys):
-    stages, seen = stages
+def test_gpu_job_without_gpu_fails_fast_unless_allow_cpu(tmp_path, monkeypatch, jobs, capsys):
+    jobs, seen = jobs
     monkeypatch.setattr(gs, "machine_gpus", lambda: [])
     with pytest.raises(SystemExit) as exit_:
-        stages.run(fake_smk(tmp_path, allow_cpu=False))
+        jobs.run(fake_smk(tmp_path, allow_cpu=False))
     assert exit_.value.code == 1
     assert seen == {}  # the stage never ran
     log = (tmp_path / "logs" / "fake.log").read_text()
@@ -281,32 +281,32 @@ def test_gpu_job_without_gpu_fails_fast_unless_allow_cpu(tmp_path, monkeypatch, 
     assert "Traceback" not in log and "allow_cpu" in capsys.readouterr().err
 
 
-def test_gpu_job_runs_on_cpu_when_allowed(tmp_path, monkeypatch, stages):
-    stages, seen = stages
+def test_gpu_job_runs_on_cpu_when_allowed(tmp_path, monkeypatch, jobs):
+    jobs, seen = jobs
     monkeypatch.setattr(gs, "machine_gpus", lambda: [])
-    stages.run(fake_smk(tmp_path, allow_cpu=True))
+    jobs.run(fake_smk(tmp_path, allow_cpu=True))
     assert seen == {"CUDA_VISIBLE_DEVICES": None}
     assert "no CUDA device found; running on CPU" in (tmp_path / "logs" / "fake.log").read_text()
 
 
-def test_gpu_job_gets_a_free_gpu_and_logs_it(tmp_path, monkeypatch, stages):
-    stages, seen = stages
+def test_gpu_job_gets_a_free_gpu_and_logs_it(tmp_path, monkeypatch, jobs):
+    jobs, seen = jobs
     monkeypatch.setattr(gs, "machine_gpus", lambda: ["0", "1"])
     fd = hold(tmp_path / "locks", "0")  # another job has GPU 0
-    stages.run(fake_smk(tmp_path))
+    jobs.run(fake_smk(tmp_path))
     os.close(fd)
     assert seen == {"CUDA_VISIBLE_DEVICES": "1"}
     assert "GPU slot: CUDA_VISIBLE_DEVICES=1" in (tmp_path / "logs" / "fake.log").read_text()
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
 
 
-def test_cpu_job_takes_no_slot(tmp_path, monkeypatch, stages):
-    stages, seen = stages
+def test_cpu_job_takes_no_slot(tmp_path, monkeypatch, jobs):
+    jobs, seen = jobs
 
     def no_lookup():
         raise AssertionError("a gpu=0 job looked for GPUs")
 
     monkeypatch.setattr(gs, "machine_gpus", no_lookup)
-    stages.run(fake_smk(tmp_path, gpu=0, allow_cpu=False))
+    jobs.run(fake_smk(tmp_path, gpu=0, allow_cpu=False))
     assert seen == {"CUDA_VISIBLE_DEVICES": None}
     assert "GPU slot" not in (tmp_path / "logs" / "fake.log").read_text()

@@ -1,8 +1,8 @@
 """torchrun entry point: one rank of a multi-GPU train_generator job.
 
-gan_training.train_generator runs `torchrun --standalone --nproc_per_node=N -m
+training.train_generator runs `torchrun --standalone --nproc_per_node=N -m
 histosynth.generative.train_generator_ddp ARGS.json` (ARGS.json: its arguments, see
-gan_training.train_generator_rank); every rank runs the same job, and gan_training joins
+training.train_generator_rank); every rank runs the same job, and the loop joins
 the process group from torchrun's environment (histosynth.generative.distributed). Ranks
 other than 0 keep quiet on stdout; errors still reach stderr.
 """
