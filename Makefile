@@ -35,4 +35,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/input_pipeline.py
 
 clean-demo:
-	rm -rf results/demo logs/demo
+	rm -rf results/demo

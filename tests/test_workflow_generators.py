@@ -122,7 +122,7 @@ def test_a_killed_training_resumes_and_a_diverging_branch_fails_alone(finished_r
     proc = snakemake(tmp, config, losses("histogan_ref"), losses("histogan_nan"), "--keep-going", check=False)
     assert proc.returncode != 0 and Path(losses("histogan_ref")).is_file()
     assert not Path(losses("histogan_nan")).exists()
-    assert "diverged at epoch 1" in (tmp / "logs/pcam/train_generator/histogan_nan_subset0.log").read_text()
+    assert "diverged at epoch 1" in (tmp / "results/pcam/logs/train_generator/histogan_nan_subset0.log").read_text()
 
     job = subprocess.Popen(snakemake_command(tmp, config, losses("histogan_kill")), start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -134,7 +134,7 @@ def test_a_killed_training_resumes_and_a_diverging_branch_fails_alone(finished_r
     assert not Path(losses("histogan_kill")).exists()  # nothing that looks finished
     snakemake(tmp, config, "--unlock")
     snakemake(tmp, config, losses("histogan_kill"))
-    log = (tmp / "logs/pcam/train_generator/histogan_kill_subset0.log").read_text()
+    log = (tmp / "results/pcam/logs/train_generator/histogan_kill_subset0.log").read_text()
     resumed = re.search(r"resuming after epoch (\d+)", log)
     assert resumed and 3 <= int(resumed[1]) < 12, log[-2000:]  # killed during epoch 4 or 5
     ref, killed = (pd.read_csv(losses(g), sep="\t").drop(columns="seconds") for g in ("histogan_ref", "histogan_kill"))

@@ -23,7 +23,7 @@ from histosynth.data.prepare import resolve_options  # noqa: E402
 DATASET = config["dataset"]["name"]
 RAW = f"{config['resources_dir']}/{DATASET}"
 RESULTS = f"{config['results_dir']}/{DATASET}"
-LOGS = f"logs/{DATASET}"
+LOGS = f"{RESULTS}/logs"  # beside the results they explain: each results_dir keeps its own
 SPLITS = ["train", "valid", "test"]
 
 # dataset.options depends on the dataset, so the schema cannot list its keys:
