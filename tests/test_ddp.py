@@ -33,7 +33,7 @@ HISTOGAN = {"g_channels": 8, "d_channels": 8, "d_max_mult": 2, "z_dim": 16, "g_u
 CGAN = {"latent_dim": 16, "filters": 8, "d_filters": 8}
 VITGAN = {"z_dim": 16, "embed_dim": 256, "depth": 1, "num_heads": 2, "d_embed_dim": 32, "d_patch_size": 2}
 MODELS = {"histogan": HISTOGAN, "cgan": CGAN, "vitgan": VITGAN}
-ADAPTERS = {family: family_module(family).Trainer for family in MODELS}
+TRAINERS = {family: family_module(family).Trainer for family in MODELS}
 
 
 def data(n=16, size=32):
@@ -88,7 +88,7 @@ def _train(rank, out, family, epochs=2, kill_at=None):
     gt.save_checkpoint = lambda d, e, s: writes.append(f"epoch_{e:05d}.pt") or save_checkpoint(d, e, s)
     gt.write_history = lambda p, rows: writes.append(os.path.basename(p)) or write_history(p, rows)
     gt.save_resume_state = lambda p, s: writes.append(os.path.basename(p)) or save_resume(p, s)
-    step, losses, rng = ADAPTERS[family].step, [], []
+    step, losses, rng = TRAINERS[family].step, [], []
 
     def recorded(self, *a, **k):  # this rank's own losses and random stream, step by step
         if len(losses) + 1 == kill_at:  # every rank dies at its kill_at-th step, as a killed job would
@@ -97,7 +97,7 @@ def _train(rank, out, family, epochs=2, kill_at=None):
         losses.append({key: float(v) for key, v in step(self, *a, **k).items()})
         return losses[-1]
 
-    ADAPTERS[family].step = recorded
+    TRAINERS[family].step = recorded
     x, y = data()
     try:
         train_gan(x, y, 2, f"{out}/ckpt", f"{out}/losses.tsv", cfg(family, epochs=epochs))
@@ -163,7 +163,7 @@ def _step(rank, out, x, y, z, distribute):
     """Worker: one cGAN step on this rank's half of batch (x, y) with noise z, with or without DDP."""
     device = ddp.setup(torch.device("cpu"))
     torch.manual_seed(0)
-    a = ADAPTERS["cgan"]({**CGAN, "init_std": 0.2}, 2, 32, 2e-4, (0.5, 0.999))  # 0.02: vanishing G gradients
+    a = TRAINERS["cgan"]({**CGAN, "init_std": 0.2}, 2, 32, 2e-4, (0.5, 0.999))  # 0.02: vanishing G gradients
     if distribute:
         a.distribute(lambda module, **kw: ddp.wrap(module, device, **kw))
     batches = ddp.shard(BatchIterator(x, y, len(x), shuffle=False, augment=None, seed=0)) if distribute else None
@@ -213,7 +213,7 @@ def _critic_grads(rank, out, x, y):
     xs, ys = next(iter(ddp.shard(BatchIterator(x, y, len(x), shuffle=False, augment=None, seed=0))))
     for family in ("histogan", "vitgan"):
         torch.manual_seed(0)
-        a = ADAPTERS[family](MODELS[family], 2, 32, 2e-4, (0.5, 0.999))
+        a = TRAINERS[family](MODELS[family], 2, 32, 2e-4, (0.5, 0.999))
         start = copy.deepcopy(a.state_dict())
         grads = []
         for distribute in (False, True):
