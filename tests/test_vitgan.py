@@ -40,6 +40,7 @@ def test_defaults_follow_the_paper():
 
 def test_yaml_lists_become_tuples():
     assert tiny(g_windows=[4, 2]).g_windows == (4, 2)
+    assert tiny(diffaug=["color", "cutout"]).diffaug == ("color", "cutout")
 
 
 @pytest.mark.parametrize("field, value", [
@@ -47,6 +48,7 @@ def test_yaml_lists_become_tuples():
     ("embed_dim", 128), ("depth", 0), ("num_heads", True), ("mlp_ratio", 0), ("d_embed_dim", 36),
     ("d_patch_size", 4), ("tau", 0.0), ("confidence_lambda", 1.0), ("gp_weight", float("nan")),
     ("g_windows", (4,)), ("g_windows", [4, 0]), ("class_projection", 1), ("selective", "yes"),
+    ("diffaug", ["colour"]), ("diffaug", "color"),
 ])
 def test_bad_config_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):

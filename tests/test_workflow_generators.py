@@ -102,6 +102,11 @@ def test_editing_a_stages_code_reruns_that_stage_onward(finished_run):
     # Comments and docstrings change nothing the code does: nothing reruns.
     edited = _edited_copy(tmp / "comment_edit", "generative/training", "\n# a reworded comment\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {}
+    # Nor in a rule's script, although its file is now newer than every output (Snakemake's
+    # own `code` trigger would rerun the whole DAG from `prepare`, and refetch the download).
+    script = edited / "workflow/scripts/prepare.py"
+    script.write_text(script.read_text() + "\n# a reworded comment\n")
+    assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == {}
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from histosynth.generative import diffaug
 from histosynth.generative.models import histogan
 from histosynth.generative.training import GANTrainer
 
@@ -23,9 +24,11 @@ class Trainer(GANTrainer):
     def step(self, x, y, train_g: bool) -> dict:
         reals = histogan.real_pyramid(x, self.cfg.stage_sizes)
         z = torch.randn(len(x), self.z_dim, device=x.device)
+        aug = lambda images: [diffaug.augment(t, self.cfg.diffaug) for t in images]  # noqa: E731  (one per stage)
         with self.autocast(x):
             fakes = self.G_run(z, y)
-            d_loss, _ = histogan.critic_loss(self.D_run, reals, fakes, y, gp_weight=self.cfg.gp_weight)
+            d_loss, _ = histogan.critic_loss(self.D_run, aug(reals), aug([f.detach() for f in fakes]), y,
+                                             gp_weight=self.cfg.gp_weight)
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self.opt_d.step()
@@ -34,7 +37,7 @@ class Trainer(GANTrainer):
             with self.autocast(x):
                 # The bare critics: their gradients from this loss are never used (zeroed before
                 # the next critic step), so DDP need not average them.
-                g_loss = histogan.generator_loss(self.D, fakes, y)
+                g_loss = histogan.generator_loss(self.D, aug(fakes), y)
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()

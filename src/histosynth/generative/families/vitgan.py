@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from histosynth.generative import diffaug
 from histosynth.generative.models import vitgan
 from histosynth.generative.training import GANTrainer
 
@@ -20,10 +21,11 @@ class Trainer(GANTrainer):
 
     def step(self, x, y, train_g: bool) -> dict:
         z = vitgan.truncated_normal((len(x), self.z_dim), self.cfg.tau, device=x.device)
+        aug = lambda t: diffaug.augment(t, self.cfg.diffaug)  # noqa: E731  (identity when diffaug is empty)
         with self.autocast(x):
             fake = self.G_run(z, y)  # synthetic images of the batch's own labels
             # D_run(x) is D.d(x); through the wrapper of all of D, so DDP also averages sigma's gradient.
-            d_loss, parts = vitgan.discriminator_loss(self.D_run, self.D.mlw, x, y, fake.detach(), y,
+            d_loss, parts = vitgan.discriminator_loss(self.D_run, self.D.mlw, aug(x), y, aug(fake.detach()), y,
                                                       self.cfg.gp_weight, self.cfg.confidence_lambda,
                                                       selective=self.cfg.selective)
         self.opt_d.zero_grad(set_to_none=True)
@@ -34,7 +36,7 @@ class Trainer(GANTrainer):
         if train_g:
             with self.autocast(x):
                 # Bare critic, as in HistoGAN; the class term weighted as the critic weighs it (eq. 8).
-                g_loss = vitgan.generator_loss(self.D.d, fake, y, torch.exp(-self.D.mlw.sigma[1]).detach())
+                g_loss = vitgan.generator_loss(self.D.d, aug(fake), y, torch.exp(-self.D.mlw.sigma[1]).detach())
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()

@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from histosynth.generative.diffaug import check_policy
+
 
 def num_stages(image_size: int) -> int:
     """2 stages below 128 px (the paper's 96 px PCam), 3 from 128 px up (its 256x128 cervical patches)."""
@@ -60,8 +62,13 @@ class HistoGANConfig:
     # interior does not, and the samples carried a frame at each stage's scale (nested squares)
     # that the WGAN-GP critic did not remove in 2 500 steps; "reflect" leaves no such constant.
     g_padding: str = "reflect"
+    # Differentiable augmentation of what every stage's critic sees (DiffAugment, Zhao et al.
+    # 2020; histosynth.generative.diffaug), a subset of ("color", "translation", "cutout"). The
+    # paper has none (empty).
+    diffaug: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "diffaug", check_policy("HistoGANConfig.diffaug", self.diffaug))
         if self.d_norm not in CRITIC_NORMS:
             raise ValueError(f"HistoGANConfig.d_norm must be one of {sorted(CRITIC_NORMS)}, got {self.d_norm!r}")
         if self.g_padding not in ("zeros", "reflect", "replicate"):

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from histosynth.generative.diffaug import check_policy
 from histosynth.generative.models.dit import check_positive_ints
 
 NUM_STAGES = 4  # paper: 4 generator stages, 4 discriminator stages
@@ -80,6 +81,10 @@ class ViTGANConfig:
     # the input started 2.5x smaller than with untruncated noise. Paper silent (BigGAN truncates
     # at sampling only); on the demo, unnormalised z at tau 0.7 collapsed and tau 2 did not.
     normalize_z: bool = True
+    # Differentiable augmentation of every image the critic sees (DiffAugment, Zhao et al. 2020;
+    # histosynth.generative.diffaug): a subset of ("color", "translation", "cutout"). The paper
+    # has none (empty); TransGAN trains with all three.
+    diffaug: tuple = ()
     class_projection: bool = True  # ablation (Table II "CP"): False = plain layer norm, no skip-z
     selective: bool = True  # ablation (Table II "SA"): False = every synthetic image in the class loss
 
@@ -87,6 +92,7 @@ class ViTGANConfig:
         name = type(self).__name__
         if isinstance(self.g_windows, list):  # YAML gives lists
             object.__setattr__(self, "g_windows", tuple(self.g_windows))
+        object.__setattr__(self, "diffaug", check_policy(f"{name}.diffaug", self.diffaug))
         check_positive_ints(self, ("image_size", "num_classes", "z_dim", "embed_dim", "depth", "num_heads",
                                    "d_embed_dim", "d_depth", "d_patch_size"))
         for f in ("mlp_ratio", "tau", "confidence_lambda", "gp_weight", "cln_init_std"):
