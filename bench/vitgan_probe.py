@@ -13,29 +13,23 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from histosynth.generative.models import vitgan  # noqa: E402
 
 
 @torch.no_grad()
-def stages(G: vitgan.ViTGenerator, z: torch.Tensor, y: torch.Tensor):
-    """(name, activations) along G's forward pass (the same computation as ViTGenerator.forward)."""
-    cfg, n = G.cfg, len(z)
-    zz = z / vitgan.truncated_normal_std(cfg.tau) if cfg.normalize_z else z
-    chunks = zz.chunk(vitgan.NUM_STAGES, dim=1)
-    h = G.input(torch.cat([F.one_hot(y, cfg.num_classes).to(z.dtype), chunks[0] if cfg.class_projection else zz], 1))
-    h = vitgan._to_map(h.view(n, G.s0**2, cfg.embed_dim), G.s0)
-    yield "X0", h
-    for k, (blocks, pos) in enumerate(zip(G.stages, G.pos)):
-        h = F.interpolate(h, scale_factor=2, mode="bicubic", align_corners=False) if k == 0 else F.pixel_shuffle(h, 2)
-        side = h.shape[-1]
-        t = vitgan._to_tokens(h) + pos
-        for block in blocks:
-            t = block(t, y, chunks[k], (side, side))
-        yield f"stage {k + 1} out", t
-        h = vitgan._to_map(t, side)
+def stages(G: vitgan.ViTGenerator, z: torch.Tensor, y: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
+    """(name, activations) of X0 and of each stage's output, caught by hooks on G's own forward pass."""
+    caught = []
+    layers = [("X0", G.input)] + [(f"stage {k + 1} out", blocks[-1]) for k, blocks in enumerate(G.stages)]
+    hooks = [m.register_forward_hook(lambda _m, _i, out, name=name: caught.append((name, out))) for name, m in layers]
+    try:
+        G(z, y)
+    finally:
+        for h in hooks:
+            h.remove()
+    return caught
 
 
 def main() -> None:

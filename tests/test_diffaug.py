@@ -58,3 +58,11 @@ def test_color_shifts_and_scales_each_image_and_passes_gradients():
 def test_the_same_call_differs_between_calls(policy):
     x = images()
     assert not torch.equal(diffaug.augment(x, policy), diffaug.augment(x, policy))
+
+
+@pytest.mark.parametrize("family", ["histogan", "vitgan"])
+def test_the_config_schema_offers_exactly_the_transforms(family):
+    from histosynth.config_schema import load_schema
+
+    model = load_schema()["properties"]["generator"]["properties"][family]["properties"]["model"]
+    assert tuple(model["properties"]["diffaug"]["items"]["enum"]) == diffaug.POLICIES
