@@ -453,7 +453,8 @@ def _bar_panels(fig, axes, panels, x_names, series, lines, xlabel: str) -> None:
         ax.set_xticks(range(len(x_names)), [FILTER_SHORT.get(x, x) for x in x_names])
         ax.set_xlim(-0.6, len(x_names) - 0.4)  # every filter's slot, even where a panel has no bar there
         ax.set_xlabel(xlabel)
-        ax.set_title(panel_title)
+        # The flag on a line of its own: beside a long name it ran off the panel.
+        ax.set_title(panel_title.replace(f" {tables.NOT_CONVERGED}", f"\n{tables.NOT_CONVERGED}"))
     # Zoom to the data: the differences of interest are a few tenths of a point of AUC.
     lo, hi = (min(bottoms), max(tops)) if tops else (0.0, 100.0)
     margin = max(0.5, 0.15 * (hi - lo))
