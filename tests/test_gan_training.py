@@ -35,7 +35,7 @@ VITGAN_TINY = {"z_dim": 16, "embed_dim": 256, "depth": 1, "num_heads": 2, "d_emb
                                                   ("vitgan", VITGAN_TINY, family_module("vitgan").Trainer)])
 def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch, family, model, adapter):
     x, y = data()
-    c = cfg(family=family, model=model)
+    c = cfg(family=family, model=model, ema_kimg=0.01)  # snapshots hold the generator average: it resumes too
     train_gan(x, y, 2, tmp_path / "full", tmp_path / "full.tsv", c)
     assert [e for e, _ in list_checkpoints(tmp_path / "full")] == [2, 3]
     losses = (tmp_path / "full.tsv").read_text().splitlines()
@@ -64,6 +64,60 @@ def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch, family, 
     assert torch.equal(full["eval_noise"], resumed["eval_noise"])
     drop_seconds = lambda p: [line.split("\t")[:-1] for line in p.read_text().splitlines()]  # noqa: E731
     assert drop_seconds(tmp_path / "full.tsv") == drop_seconds(tmp_path / "killed.tsv")
+
+
+@pytest.mark.parametrize("family,model", [("histogan", TINY), ("cgan", CGAN_TINY), ("vitgan", VITGAN_TINY)])
+def test_generator_average_half_life_and_snapshot(family, model):
+    """G_ema moves toward G by 1 - 0.5 ** (batch / half-life), the half-life capped at 5 % of the
+    images seen; snapshots hold the average, or the raw generator when ema_kimg is 0."""
+    trainer = family_module(family).Trainer(model, 2, 32, 1e-4, (0.0, 0.9), None, ema_kimg=1.0)
+    with torch.no_grad():
+        for p in trainer.G.parameters():
+            p.zero_()
+        for p in trainer.G_ema.parameters():
+            p.fill_(1.0)
+    trainer.nimg = 10_000
+    trainer.update_ema(100)  # half-life min(1000, 10 100 * 0.05 = 505) images
+    expected = 0.5 ** (100 / 505)
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in trainer.G_ema.parameters())
+    trainer.nimg = 1_000_000
+    trainer.update_ema(100)  # past the ramp: half-life 1000 images
+    expected *= 0.5 ** (100 / 1000)
+    assert all(torch.allclose(p, torch.full_like(p, expected)) for p in trainer.G_ema.parameters())
+    snap = trainer.snapshot()["G"]
+    assert all(torch.equal(snap[k], v) for k, v in trainer.G_ema.state_dict().items())
+
+    raw = family_module(family).Trainer(model, 2, 32, 1e-4, (0.0, 0.9), None)
+    assert raw.G_ema is None
+    assert all(torch.equal(raw.snapshot()["G"][k], v) for k, v in raw.G.state_dict().items())
+
+
+def test_dihedral_trains_on_flipped_and_rotated_real_images(tmp_path, monkeypatch):
+    """dihedral: every real batch image is one of the 8 flips/rotations of a training image, not
+    always the identity; off, the images as they are."""
+    x, y = data()
+    adapter, real_step = family_module("cgan").Trainer, family_module("cgan").Trainer.step
+    seen = []
+
+    def record(self, xb, yb, train_g):
+        seen.append(((xb + 1) / 2 * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+        return real_step(self, xb, yb, train_g)
+
+    monkeypatch.setattr(adapter, "step", record)
+    originals = {im.tobytes() for im in x}
+    variants = {np.ascontiguousarray(np.rot90(f, k, axes=(0, 1))).tobytes(): k
+                for im in x for f in (im, im[:, ::-1]) for k in range(4)}
+    for dihedral in (False, True):
+        seen.clear()
+        train_gan(x, y, 2, tmp_path / str(dihedral), tmp_path / f"{dihedral}.tsv",
+                  cfg(family="cgan", model=CGAN_TINY, epochs=2, dihedral=dihedral))
+        images = [im.tobytes() for batch in seen for im in batch]
+        assert len(images) == 4 * 8
+        if dihedral:
+            assert all(im in variants for im in images)
+            assert sum(im not in originals for im in images) > len(images) / 2  # 7 of 8 transforms move pixels
+        else:
+            assert all(im in originals for im in images)
 
 
 def test_changed_settings_do_not_resume(tmp_path, capsys):

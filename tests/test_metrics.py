@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, confusion_matrix, recall_score, roc_auc_score
 
-from histosynth.evaluation.metrics import classification_metrics
+from histosynth.classification.metrics import classification_metrics
 
 
 def sklearn_binary(y, p):

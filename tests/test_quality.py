@@ -9,7 +9,8 @@ import pytest
 
 from histosynth.errors import InputError
 from histosynth.evaluation.features import gaussian_stats
-from histosynth.evaluation.metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
+from histosynth.evaluation.metrics import (density_coverage, f1_score, frechet_distance, kernel_inception_distance,
+                                           precision_recall, realism_score)
 from histosynth.evaluation.quality import aggregate_quality, plot_feature_map, quality_metrics, write_quality
 
 
@@ -24,12 +25,14 @@ def features(seed, n_real=120, n_fake=100, dim=8, shift=0.3, scale=1.2):
 def test_quality_metrics_match_direct_calls():
     real, fake = features(0)
     q = quality_metrics(real, fake, k=4, kid_subsets=7, kid_subset_size=50, seed=3)
-    assert set(q) == {"fid", "kid", "kid_std", "precision", "recall", "f1"}
+    assert set(q) == {"fid", "kid", "kid_std", "precision", "recall", "f1", "density", "coverage", "realism"}
     assert all(type(v) is float for v in q.values())
     assert q["fid"] == frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
     assert (q["kid"], q["kid_std"]) == kernel_inception_distance(real, fake, n_subsets=7, subset_size=50, seed=3)
     assert (q["precision"], q["recall"]) == precision_recall(real, fake, 4)
     assert q["f1"] == f1_score(q["precision"], q["recall"])
+    assert (q["density"], q["coverage"]) == density_coverage(real, fake, 5)  # Naeem et al.'s k, not P/R's
+    assert q["realism"] == realism_score(real, fake, 4).mean()
     assert 0 < q["precision"] < 1 and 0 < q["recall"] < 1 and q["fid"] > 0
 
 
@@ -99,7 +102,7 @@ def test_write_quality_errors(tmp_path):
 
 # --- aggregate_quality --------------------------------------------------------
 
-KEYS = ("fid", "kid", "precision", "recall", "f1")
+KEYS = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "realism")
 
 
 def write_json(tmp_path, generator, filt, subset, domain, inception=None):
@@ -120,6 +123,9 @@ def make_runs(tmp_path, n_subsets=3, inception=False):
                 d = {"fid": 30 + 40 * gi + 5 * fi + rng.random(), "kid": 0.01 + 0.02 * gi + 0.001 * rng.random(),
                      "precision": 0.6 - 0.2 * gi + 0.05 * rng.random(), "recall": 0.1 + 0.1 * fi + 0.01 * rng.random()}
                 d["f1"] = f1_score(d["precision"], d["recall"])
+                d["density"] = 0.9 - 0.1 * gi + 0.03 * fi + 0.01 * rng.random()
+                d["coverage"] = 0.5 + 0.1 * fi + 0.01 * rng.random()
+                d["realism"] = 1.1 - 0.3 * gi + 0.05 * fi + 0.01 * rng.random()
                 inc = {k: 100 + 10 * gi + rng.random() if k == "fid" else 0.05 + rng.random() / 100 for k in KEYS}
                 paths.append(write_json(tmp_path, gen, filt, s, d, inc if inception else None))
                 rows.append({"generator": gen, "filter": filt, **d, **{f"inception_{k}": inc[k] for k in KEYS}})
@@ -152,28 +158,28 @@ def test_mean_std_best_and_order(tmp_path):
 
     md = out[1].read_text().splitlines()
     assert md[0] == ("| Model | FID ↓ | KID ×10³ ↓ | Improved precision (%) ↑ | Improved recall (%) ↑ "
-                     "| Improved F1-score (%) ↑ |")
+                     "| Improved F1-score (%) ↑ | Density ↑ | Coverage (%) ↑ | Mean realism ↑ |")
     assert "Inception" not in "\n".join(md)
-    assert md[2] == "| *Realism score image selection* |  |  |  |  |  |"
+    assert md[2] == "| *Realism score image selection* |  |  |  |  |  |  |  |  |"
     assert md[3].startswith("| cGAN |") and md[4].startswith("| HistoGAN |")
-    assert md[5] == "| *No image selection* |  |  |  |  |  |"
-    # Best per column, found independently: lowest FID/KID, highest precision/recall/F1.
+    assert md[5] == "| *No image selection* |  |  |  |  |  |  |  |  |"
+    # Best per column, found independently: lowest FID/KID, highest precision/recall/F1/density/coverage.
     means = df.groupby(["generator", "filter"])[list(KEYS)].mean()
     line_of = {("cgan", "realism"): 3, ("histogan", "realism"): 4, ("cgan", "none"): 6, ("histogan", "none"): 7}
-    for col, (k, scale) in enumerate(zip(KEYS, (1, 1e3, 100, 100, 100))):
+    for col, (k, scale) in enumerate(zip(KEYS, (1, 1e3, 100, 100, 100, 1, 100, 1), strict=True)):
         best = means[k].idxmin() if k in ("fid", "kid") else means[k].idxmax()
         for pair, i in line_of.items():
             sub = df[(df.generator == pair[0]) & (df["filter"] == pair[1])]
             text = cell(sub[k], scale)
             assert md[i].split(" | ")[col + 1].strip(" |") == (f"**{text}**" if pair == best else text)
-    assert sum(line.count("**") for line in md) == 2 * 5  # one best per column
+    assert sum(line.count("**") for line in md) == 2 * 8  # one best per column
     fid = cell(df[(df.generator == "histogan") & (df["filter"] == "none")].fid, 1)
 
     tex = out[2].read_text()
-    assert r"\multicolumn{6}{l}{\textit{Realism score image selection}} \\" in tex
+    assert r"\multicolumn{9}{l}{\textit{Realism score image selection}} \\" in tex
     assert r"Improved precision (\%) $\uparrow$" in tex and r"KID $\times$10$^3$ $\downarrow$" in tex
     assert r"\textbf{" + fid.replace("±", r"$\pm$") + "}" in tex
-    assert tex.count(r"\midrule") == 2 and tex.startswith(r"\begin{tabular}{lccccc}")
+    assert tex.count(r"\midrule") == 2 and tex.startswith(r"\begin{tabular}{lcccccccc}")
 
 
 def test_group_by_generator_and_default_order(tmp_path):
@@ -187,13 +193,15 @@ def test_group_by_generator_and_default_order(tmp_path):
 
 
 def test_single_subset_has_zero_std(tmp_path):
-    d = {"fid": 12.345, "kid": 0.0123, "precision": 0.5, "recall": 0.25, "f1": f1_score(0.5, 0.25)}
+    d = {"fid": 12.345, "kid": 0.0123, "precision": 0.5, "recall": 0.25, "f1": f1_score(0.5, 0.25), "density": 0.875,
+         "coverage": 0.5, "realism": 0.75}
     p = write_json(tmp_path, "histogan", "none", 0, d)
     out = outputs(tmp_path)
     table = aggregate_quality([p], *out)
     assert table.loc[0, "domain_fid_std"] == 0.0 and table.loc[0, "n"] == 1
     md = out[1].read_text()
-    assert "| HistoGAN | 12.35 ± 0.00 | 12.30 ± 0.00 | 50.00 ± 0.00 | 25.00 ± 0.00 | 33.33 ± 0.00 |" in md
+    assert ("| HistoGAN | 12.35 ± 0.00 | 12.30 ± 0.00 | 50.00 ± 0.00 | 25.00 ± 0.00 | 33.33 ± 0.00 | 0.88 ± 0.00 "
+            "| 50.00 ± 0.00 | 0.75 ± 0.00 |") in md
     assert "**" not in md  # a single row has no "best"
 
 
@@ -306,13 +314,15 @@ def test_reference_row_ratio_vae_bound_and_convergence_flags(tmp_path):
     rng = np.random.default_rng(1)
     paths, refs, verdicts, vaes, rows = [], [], [], [], []
     for s in range(3):
-        ref = {"fid": 20 + rng.random(), "kid": 0.001, "kid_std": 0.0, "precision": 0.8, "recall": 0.85, "f1": 0.82}
+        ref = {"fid": 20 + rng.random(), "kid": 0.001, "kid_std": 0.0, "precision": 0.8, "recall": 0.85, "f1": 0.82,
+               "density": 1.0, "coverage": 0.9, "realism": 1.2}
         (tmp_path / f"ref{s}.json").write_text(json.dumps({"subset": s, "kept": {"domain": ref}, "scoring": {}}))
         refs.append(tmp_path / f"ref{s}.json")
         (tmp_path / f"vae{s}.json").write_text(json.dumps({"subset": s, "domain": {"fid": 25.0 + s}}))
         vaes.append(tmp_path / f"vae{s}.json")
         for gen, fid in (("cgan", 200 + rng.random()), ("ldm_dit", 50 + rng.random())):
-            d = {"fid": fid, "kid": 0.01, "precision": 0.5, "recall": 0.4, "f1": f1_score(0.5, 0.4)}
+            d = {"fid": fid, "kid": 0.01, "precision": 0.5, "recall": 0.4, "f1": f1_score(0.5, 0.4), "density": 0.6,
+                 "coverage": 0.5, "realism": 0.9}
             paths.append(write_json(tmp_path, gen, "none", s, d))
             rows.append({"generator": gen, "subset": s, "ratio": fid / ref["fid"], "ref": ref["fid"]})
             v = tmp_path / f"conv_{gen}{s}.json"
@@ -338,3 +348,64 @@ def test_reference_row_ratio_vae_bound_and_convergence_flags(tmp_path):
     assert "| cGAN ⚠ not converged (2 of 3 subsets) |" in md and "| LDM DiT |" in md
     assert "⚠ not converged: cGAN" in md and "noise, not evidence" in md
     assert "⚠ not converged" in (tmp_path / "tables/quality.html").read_text()
+
+
+# --- per-class metrics ----------------------------------------------------------
+
+
+def two_classes(seed, n=150, dim=8):
+    """Two well-separated classes; returns (features, labels)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(2 * n) % 2
+    return rng.normal(size=(2 * n, dim)) + 3.0 * y[:, None], y
+
+
+def test_per_class_metrics_catch_a_generator_that_swaps_labels(tmp_path):
+    """A perfect "generator" (fresh real draws) scores well overall and per class; the same images
+    under swapped labels score the same overall and far worse per class."""
+    real, real_y = two_classes(0)
+    fake, fake_y = two_classes(1)
+    kw = {"generator": "cgan", "filter": "none", "subset": 0, "kid_subsets": 10}
+    good = write_quality(tmp_path / "good.json", {"domain": (real, fake)}, labels=(real_y, fake_y, ["a", "b"]), **kw)
+    swapped = write_quality(tmp_path / "swap.json", {"domain": (real, fake)}, labels=(real_y, 1 - fake_y, ["a", "b"]),
+                            **kw)
+    for m in ("fid", "kid", "precision", "recall", "density", "coverage", "realism"):
+        assert good["domain"][m] == swapped["domain"][m], m  # the same images: overall blind to the labels
+    for name in ("a", "b"):
+        g, s = good["per_class"][name]["domain"], swapped["per_class"][name]["domain"]
+        assert g["n_real"] == g["n_fake"] == 150
+        assert s["fid"] > 20 * g["fid"] and g["fid"] < 2.0
+        assert g["recall"] > 0.8 and s["recall"] < 0.1 and g["coverage"] > 0.8 and s["coverage"] < 0.1
+        assert g["density"] > 0.7 and s["density"] < 0.1 and g["realism"] > 3 * s["realism"]
+    assert json.loads((tmp_path / "swap.json").read_text())["per_class"]["b"]["domain"]["fid"] == s["fid"]
+
+
+def test_per_class_block_of_the_table(tmp_path):
+    from histosynth.evaluation.reference import write_reference
+
+    real, real_y = two_classes(0)
+    valid, valid_y = two_classes(2, n=60)
+    quality = {"k": 3, "kid_subsets": 10, "seed": 0}
+    refs = [tmp_path / "ref0.json"]
+    write_reference(refs[0], {"domain": real}, {"scoring": {"domain": valid}, "kept": {"domain": valid}},
+                    {"scoring": {0: 60, 1: 60}, "kept": {0: 60, 1: 60}}, subset=0, quality=quality,
+                    labels=(real_y, {"scoring": valid_y, "kept": valid_y}, ["normal", "tumor"]))
+    fake, fake_y = two_classes(3, n=60)
+    paths = [tmp_path / "q.json", tmp_path / "q_swap.json"]
+    write_quality(paths[0], {"domain": (real, fake)}, generator="histogan", filter="none", subset=0, kid_subsets=10,
+                  labels=(real_y, fake_y, ["normal", "tumor"]))
+    write_quality(paths[1], {"domain": (real, fake)}, generator="cgan", filter="none", subset=0, kid_subsets=10,
+                  labels=(real_y, 1 - fake_y, ["normal", "tumor"]))
+    out = outputs(tmp_path)
+    table = aggregate_quality(paths, *out, reference_paths=refs)
+    assert list(zip(table["class"], table.generator)) == [("", "real"), ("", "histogan"), ("", "cgan"),
+                                                          ("normal", "real"), ("normal", "histogan"),
+                                                          ("normal", "cgan"), ("tumor", "real"),
+                                                          ("tumor", "histogan"), ("tumor", "cgan")]
+    ratio = table.set_index(["class", "generator"])["domain_fid_ratio_mean"]
+    assert ratio[("", "histogan")] == pytest.approx(ratio[("", "cgan")])  # overall: the same images
+    assert ratio[("normal", "cgan")] > 10 * ratio[("normal", "histogan")]  # per class: the swap shows
+    assert ratio[("tumor", "real")] == 1.0
+    md = out[1].read_text()
+    assert "| *Class normal: Reference* |" in md and "| *Class tumor: No image selection* |" in md
+    assert md.count("| Real (validation vs training subset) |") == 3 and "Class blocks:" in md

@@ -13,7 +13,7 @@ from prdc import compute_prdc
 from scipy.spatial.distance import cdist
 
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import f1_score, precision_recall, realism_score
+from histosynth.evaluation.metrics import density_coverage, f1_score, precision_recall, realism_score
 
 
 def features(seed, n_real=200, n_fake=150, dim=16):
@@ -38,6 +38,31 @@ def test_precision_recall_match_prdc(k, seed, capsys):
     assert 0 < precision < 1 and 0 < recall <= 1  # a meaningful comparison, not 0 == 0
     assert precision == pytest.approx(ref["precision"], abs=1e-12)
     assert recall == pytest.approx(ref["recall"], abs=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 5, 7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_density_coverage_match_prdc(k, seed):
+    real, fake = features(seed)
+    ref = compute_prdc(real_features=real, fake_features=fake, nearest_k=k)
+    density, coverage = density_coverage(real, fake, k, block_size=64)  # several blocks
+    assert 0 < density and 0 < coverage < 1  # a meaningful comparison
+    assert density == pytest.approx(ref["density"], abs=1e-9)
+    assert coverage == pytest.approx(ref["coverage"], abs=1e-9)
+
+
+def test_density_and_coverage_see_what_they_should():
+    """Fakes drawn like the reals: density ~1, coverage high; fakes stacked on one real sample:
+    coverage of one ball's worth; one far-off outlier fake does not change them."""
+    rng = np.random.default_rng(3)
+    real = rng.normal(size=(400, 8))
+    density, coverage = density_coverage(real, rng.normal(size=(400, 8)))
+    assert 0.8 < density < 1.2 and coverage > 0.9
+    collapsed = real[:1] + rng.normal(scale=1e-3, size=(400, 8))
+    assert density_coverage(real, collapsed)[1] < 0.05
+    fake = rng.normal(size=(399, 8))
+    with_outlier = np.vstack([fake, np.full((1, 8), 50.0)])
+    assert density_coverage(real, with_outlier)[1] == density_coverage(real, fake)[1]
 
 
 @pytest.mark.parametrize("k, n_real", [(1, 101), (3, 100), (5, 57)])  # odd and even N

@@ -185,7 +185,8 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
         assert np.bincount(kept).tolist() == [5, 5], name
         assert (gen / f"filters/{name}/feature_map.png").read_bytes()[:4] == b"\x89PNG"
     quality = pd.read_csv(tmp / "results/pcam/tables/quality.tsv", sep="\t", keep_default_na=False)
-    assert quality.generator.tolist() == ["real"] + ["histogan"] * len(GAN_MICRO["filters"])  # reference row first
+    rows = ["real"] + ["histogan"] * len(GAN_MICRO["filters"])  # reference row first: overall, then per class
+    assert list(zip(quality["class"], quality.generator)) == [(c, g) for c in ("", "normal", "tumor") for g in rows]
     verdict = json.loads((gen / "convergence.json").read_text())
     assert verdict["epoch"] == json.loads((gen / "selected.json").read_text())["epoch"]
     assert isinstance(verdict["converged"], bool) and verdict["pool"]["n_fake"] == 10  # r N_i per class

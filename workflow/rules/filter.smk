@@ -41,6 +41,7 @@ rule quality:
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
         train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",  # the real features' labels: per-class metrics
     output:
         metrics=f"{FILT}/quality.json",
         plot=report(f"{FILT}/feature_map.png", category="Synthetic image quality", subcategory="{generator}",

@@ -26,7 +26,7 @@ from histosynth.data.batches import BatchIterator
 from histosynth.data.split import read_subset
 from histosynth.data.store import read_store
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import classification_metrics
+from histosynth.classification.metrics import classification_metrics
 from histosynth.fileio import atomic_path, write_history, write_json
 from histosynth.registry import strategies_on
 from histosynth.torch_utils import pick_device

@@ -25,7 +25,7 @@ from histosynth.checkpoint import checkpoint_path, load_checkpoint
 from histosynth.classification.classifier import scores_for_metrics
 from histosynth.data.store import read_store
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import classification_metrics
+from histosynth.classification.metrics import classification_metrics
 from histosynth.evaluation.selection import read_scores, select_checkpoint
 from histosynth.fileio import write_json, write_text
 from histosynth.generative.families import FAMILIES

@@ -1,73 +1,12 @@
-"""Evaluation metrics, in NumPy/SciPy so they run anywhere and are easy to check."""
+"""Metrics of synthetic images against real ones (FID, KID, precision/recall, density/coverage,
+realism), in NumPy/SciPy so they run anywhere and are easy to check. Classifier metrics live in
+histosynth.classification.metrics: a classifier's code provenance does not count this module."""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
 
 from histosynth.errors import InputError
-
-
-def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve via the Mann-Whitney U statistic (ties count 1/2).
-
-    Undefined (NaN) when only one class is present.
-    """
-    y_true = np.asarray(y_true).astype(bool)
-    n_pos = int(y_true.sum())
-    n_neg = len(y_true) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(score)  # average ranks handle ties exactly like the trapezoid rule
-    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def classification_metrics(y_true, y_score) -> dict[str, float]:
-    """Accuracy, AUC, sensitivity and specificity of a classifier's test predictions.
-
-    Binary: `y_score` has shape (N,) with the probability of class 1; the decision
-    threshold is 0.5 and class 1 is the positive class (PCam: metastatic tissue).
-    Multi-class: `y_score` has shape (N, C) (class probabilities); the prediction is
-    the argmax; AUC, sensitivity and specificity are macro-averaged one-vs-rest
-    (classes absent from `y_true` are skipped for AUC and sensitivity).
-    """
-    y_true = np.asarray(y_true).astype(np.int64).ravel()
-    y_score = np.asarray(y_score, dtype=np.float64)
-    if y_score.ndim == 1 or (y_score.ndim == 2 and y_score.shape[1] == 1):
-        score = y_score.ravel()
-        if score.shape[0] != y_true.shape[0]:
-            raise ValueError(f"y_true has {len(y_true)} rows, y_score {len(score)}")
-        if not np.isin(y_true, (0, 1)).all():
-            raise ValueError("binary metrics need labels in {0, 1}; pass (N, C) scores for multi-class")
-        pred = (score >= 0.5).astype(np.int64)
-        pos, neg = y_true == 1, y_true == 0
-        return {
-            "accuracy": float((pred == y_true).mean()),
-            "auc": roc_auc(pos, score),
-            "sensitivity": float(pred[pos].mean()) if pos.any() else float("nan"),
-            "specificity": float((1 - pred[neg]).mean()) if neg.any() else float("nan"),
-        }
-    if y_score.ndim != 2 or y_score.shape[0] != y_true.shape[0]:
-        raise ValueError(f"y_score must be (N,) or (N, C) with N={len(y_true)}, got {y_score.shape}")
-    n_classes = y_score.shape[1]
-    if y_true.min() < 0 or y_true.max() >= n_classes:
-        raise ValueError(f"labels must lie in [0, {n_classes})")
-    pred = y_score.argmax(axis=1)
-    aucs, sens, spec = [], [], []
-    for c in range(n_classes):
-        is_c = y_true == c
-        if is_c.any():
-            sens.append((pred[is_c] == c).mean())
-            if not is_c.all():
-                aucs.append(roc_auc(is_c, y_score[:, c]))
-        if (~is_c).any():
-            spec.append((pred[~is_c] != c).mean())
-    return {
-        "accuracy": float((pred == y_true).mean()),
-        "auc": float(np.mean(aucs)) if aucs else float("nan"),
-        "sensitivity": float(np.mean(sens)),
-        "specificity": float(np.mean(spec)),
-    }
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -251,6 +190,29 @@ def precision_recall(real_features, fake_features, k: int = 3, *,
         fake_in_real |= (d <= real_radii[start:stop, None]).any(axis=0)
         real_in_fake[start:stop] = (d <= fake_radii).any(axis=1)
     return float(fake_in_real.mean()), float(real_in_fake.mean())
+
+
+DC_K = 5  # Naeem et al. 2020's k for density and coverage (their §4: k = 5 with 10k samples)
+
+
+def density_coverage(real_features, fake_features, k: int = DC_K, *,
+                     block_size: int = KNN_BLOCK_SIZE) -> tuple[float, float]:
+    """Density and coverage (Naeem et al. 2020, "Reliable fidelity and diversity metrics"), as (density, coverage).
+
+    Only real k-th-nearest-neighbour balls are used, so an outlier fake cannot inflate them
+    as it inflates precision/recall's fake balls:
+      density  = (1 / kM) sum_j #{i : fake_j in B(real_i)}  (1 on average for fakes drawn like the reals)
+      coverage = fraction of real samples whose ball holds at least one fake.
+    Strict inequality (distance < radius), as the authors' prdc package.
+    """
+    real, fake = _check_knn_inputs(real_features, fake_features, k, 1, block_size)
+    radii = _knn_radii(real, k, block_size)
+    inside, covered = 0, np.empty(len(real), dtype=bool)
+    for start, d in _distance_blocks(real, fake, block_size):
+        ball = d < radii[start:start + len(d), None]
+        inside += int(ball.sum())
+        covered[start:start + len(d)] = ball.any(axis=1)
+    return inside / (k * len(fake)), float(covered.mean())
 
 
 def f1_score(precision: float, recall: float) -> float:

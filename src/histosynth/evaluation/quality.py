@@ -10,7 +10,11 @@ the real training subset in one or two feature spaces:
 
 In each space: FID, KID (mean and std over KID subsets), improved precision and
 recall (Kynkäänniemi et al. 2019) and their harmonic mean, the improved F1 of
-latent-diffusion-pcam-realism.md eq. 12. :func:`write_quality` writes one JSON per
+latent-diffusion-pcam-realism.md eq. 12, and density and coverage (Naeem et al. 2020,
+k = 5), which, unlike precision and recall, no outlier can inflate, and the mean realism
+score (PCam paper eq. 11; R >= 1 inside a real image's k-NN ball). The same per
+conditional class (`per_class` in the JSON, a block of the table): a generator that
+draws the right images under the wrong label scores well overall and badly there. :func:`write_quality` writes one JSON per
 (generator, filter, subset); :func:`aggregate_quality` turns them into a table laid
 out like that paper's Table 1 (mean ± std over subsets, one block of rows per image
 selection method, the best value of each column in bold); :func:`plot_feature_map`
@@ -28,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import f1_score, frechet_distance, kernel_inception_distance, precision_recall
+from histosynth.evaluation.metrics import (DC_K, density_coverage, f1_score, frechet_distance, kernel_inception_distance,
+                                           precision_recall, realism_score)
 from histosynth.fileio import atomic_path, write_json, write_text
 from histosynth.reporting.tables import FILTER_NAMES, MISSING, best_marks, convergence_note, flag, generator_name, read_convergence, to_html, to_latex, to_markdown
 
@@ -44,10 +49,10 @@ __all__ = [
 SPACES = ("domain", "inception")
 """Feature spaces, in table order; ``domain`` is required, ``inception`` optional."""
 
-METRICS = ("fid", "kid", "kid_std", "precision", "recall", "f1")
+METRICS = ("fid", "kid", "kid_std", "precision", "recall", "f1", "density", "coverage", "realism")
 """Keys of :func:`quality_metrics`' result (plus n_real, n_fake in the JSON)."""
 
-TABLE_METRICS = ("fid", "kid", "precision", "recall", "f1")
+TABLE_METRICS = ("fid", "kid", "precision", "recall", "f1", "density", "coverage", "realism")
 """Metrics aggregated over subsets (kid_std, the spread over KID subsets, is not)."""
 
 # Table columns: (space, metric) -> (label, scale, higher is better). Precision,
@@ -59,6 +64,9 @@ COLUMNS = {
     ("domain", "precision"): ("Improved precision (%) ↑", 100.0, True),
     ("domain", "recall"): ("Improved recall (%) ↑", 100.0, True),
     ("domain", "f1"): ("Improved F1-score (%) ↑", 100.0, True),
+    ("domain", "density"): ("Density ↑", 1.0, True),  # ~1 for images drawn like the reals; can exceed 1
+    ("domain", "coverage"): ("Coverage (%) ↑", 100.0, True),
+    ("domain", "realism"): ("Mean realism ↑", 1.0, True),
     ("inception", "fid"): ("Inception FID ↓", 1.0, False),
     ("inception", "kid"): ("Inception KID ×10³ ↓", 1e3, False),
     ("vae", "fid"): ("VAE rec. FID ↓", 1.0, False),
@@ -92,12 +100,15 @@ def _positive_int(name: str, value) -> int:
 
 def quality_metrics(real_features, fake_features, *, k: int = 3, kid_subsets: int = 100,
                     kid_subset_size: int = 1000, seed: int = 0) -> dict[str, float]:
-    """FID, KID, improved precision/recall and F1 of fake vs real features (one feature space).
+    """FID, KID, improved precision/recall and F1, density and coverage of fake vs real features (one
+    feature space).
 
     Returns floats keyed fid, kid, kid_std (spread over the `kid_subsets` KID
-    subsets of min(kid_subset_size, n_real, n_fake) samples), precision, recall, f1.
+    subsets of min(kid_subset_size, n_real, n_fake) samples), precision, recall, f1
+    (k-th neighbour balls, k = `k`), density, coverage (k = DC_K, Naeem et al.'s 5), realism (the
+    mean realism score, k = `k`; an exact copy of a real image scores inf, and so does the mean).
     Both sets need at least k + 1 samples (k-th neighbour balls; >= 2 for FID/KID)
-    and the same dimension D.
+    and the same dimension D; the real set DC_K + 1 for density and coverage.
     """
     real = _feature_array("real_features", real_features)
     fake = _feature_array("fake_features", fake_features)
@@ -118,19 +129,42 @@ def quality_metrics(real_features, fake_features, *, k: int = 3, kid_subsets: in
     kid, kid_std = kernel_inception_distance(real, fake, n_subsets=kid_subsets,
                                              subset_size=kid_subset_size, seed=seed)
     precision, recall = precision_recall(real, fake, k)
+    density, coverage = density_coverage(real, fake, min(DC_K, len(real) - 1))
     return {"fid": float(fid), "kid": float(kid), "kid_std": float(kid_std), "precision": float(precision),
-            "recall": float(recall), "f1": f1_score(precision, recall)}
+            "recall": float(recall), "f1": f1_score(precision, recall), "density": float(density),
+            "coverage": float(coverage), "realism": float(realism_score(real, fake, k).mean())}
+
+
+def class_quality(real, real_labels, fake, fake_labels, class_names, **kwargs) -> dict[str, dict]:
+    """{class name: quality_metrics of the fakes labelled that class vs the reals of that class}.
+
+    `kwargs` go to quality_metrics. A class with too few images on either side is an error
+    naming it (a conditional generator must draw every class it is asked for)."""
+    real_labels, fake_labels = np.asarray(real_labels).ravel(), np.asarray(fake_labels).ravel()
+    for name, x, y in (("real", real, real_labels), ("fake", fake, fake_labels)):
+        if len(x) != len(y):
+            raise InputError(f"{len(x)} {name} features but {len(y)} {name} labels")
+    out = {}
+    for c, name in enumerate(class_names):
+        r, f = np.asarray(real)[real_labels == c], np.asarray(fake)[fake_labels == c]
+        try:
+            out[str(name)] = {**quality_metrics(r, f, **kwargs), "n_real": len(r), "n_fake": len(f)}
+        except InputError as e:
+            raise InputError(f"class '{name}': {e}") from e
+    return out
 
 
 def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, filter: str,  # noqa: A002
                   subset, k: int = 3, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                  seed: int = 0) -> dict:
+                  seed: int = 0, labels: tuple | None = None) -> dict:
     """Compute :func:`quality_metrics` per feature space and write them as one JSON (atomically).
 
     `spaces` maps "domain" (required) and optionally "inception" to a
     (real_features, fake_features) pair; a None value means "not computed" (e.g.
     no Inception weights). The JSON holds generator, filter, subset, the settings,
-    and per space the metrics plus n_real and n_fake. Returns the written dict.
+    and per space the metrics plus n_real and n_fake. With `labels` = (real_labels,
+    fake_labels, class_names) also `per_class`: {class name: {space: the same}}.
+    Returns the written dict.
     """
     if not isinstance(spaces, Mapping):
         raise InputError(f"spaces must map a feature space to (real, fake) features, got {type(spaces).__name__}")
@@ -160,6 +194,13 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
         except InputError as e:
             raise InputError(f"{space} features: {e}") from e
         result[space] = {**metrics, "n_real": len(real), "n_fake": len(fake)}
+    if labels is not None:
+        real_labels, fake_labels, class_names = labels
+        per_space = {space: class_quality(real, real_labels, fake, fake_labels, class_names, k=k,
+                                          kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
+                     for space, (real, fake) in ((s, spaces[s]) for s in SPACES if spaces.get(s) is not None)}
+        result["per_class"] = {str(name): {space: per_space[space][str(name)] for space in per_space}
+                               for name in class_names}
     write_json(path, result)
     return result
 
@@ -168,8 +209,40 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
 # Table
 
 
+def _metric_columns(block, path, space: str) -> dict[str, float]:
+    """{<space>_<metric>: value} of one space's block of a quality (or reference) JSON; NaN when absent."""
+    if block is None:
+        return {f"{space}_{m}": math.nan for m in TABLE_METRICS}
+    if not isinstance(block, dict):
+        raise InputError(f"{path}: '{space}' must be an object of metrics")
+    absent = [m for m in TABLE_METRICS if m not in block]
+    if absent:
+        raise InputError(f"{path}: '{space}' lacks metric(s) {absent}")
+    out = {}
+    for m in TABLE_METRICS:
+        value = block[m]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{path}: '{space}.{m}' must be a number, got {value!r}")
+        out[f"{space}_{m}"] = float(value)
+    return out
+
+
+def _class_rows(head: dict, q: dict, path) -> list[dict]:
+    """The overall row (class "") of a JSON with metrics per space, then one row per class of its `per_class`."""
+    rows = [{**head, "class": "", **{k: v for space in SPACES for k, v in _metric_columns(q.get(space), path, space).items()}}]
+    per_class = q.get("per_class") or {}
+    if not isinstance(per_class, dict):
+        raise InputError(f"{path}: 'per_class' must map class names to metrics")
+    for name, blocks in per_class.items():
+        if not isinstance(blocks, dict):
+            raise InputError(f"{path}: per_class '{name}' must be an object of feature spaces")
+        rows.append({**head, "class": str(name),
+                     **{k: v for space in SPACES for k, v in _metric_columns(blocks.get(space), path, space).items()}})
+    return rows
+
+
 def load_quality(json_paths) -> pd.DataFrame:
-    """One row per quality JSON: generator, filter, subset (str) and `<space>_<metric>` floats.
+    """Rows of generator, filter, subset (str), class ("" overall, else a class name) and `<space>_<metric>` floats.
 
     Inception metrics are NaN where a file has none. Duplicate (generator, filter,
     subset) files, missing keys and non-numeric values raise InputError naming the file.
@@ -186,28 +259,13 @@ def load_quality(json_paths) -> pd.DataFrame:
         missing = [key for key in ("generator", "filter", "subset", "domain") if q.get(key) is None]
         if missing:
             raise InputError(f"{path}: missing key(s) {missing} in quality metrics file")
-        row = {"generator": str(q["generator"]), "filter": str(q["filter"]), "subset": str(q["subset"])}
-        key = (row["generator"], row["filter"], row["subset"])
+        head = {"generator": str(q["generator"]), "filter": str(q["filter"]), "subset": str(q["subset"])}
+        key = tuple(head.values())
         if key in seen:
             raise InputError(f"{path} and {seen[key]} both hold generator '{key[0]}', filter '{key[1]}', "
                              f"subset '{key[2]}'")
         seen[key] = path
-        for space in SPACES:
-            block = q.get(space)
-            if block is None:
-                row.update({f"{space}_{m}": math.nan for m in TABLE_METRICS})
-                continue
-            if not isinstance(block, dict):
-                raise InputError(f"{path}: '{space}' must be an object of metrics")
-            absent = [m for m in TABLE_METRICS if m not in block]
-            if absent:
-                raise InputError(f"{path}: '{space}' lacks metric(s) {absent}")
-            for m in TABLE_METRICS:
-                value = block[m]
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise InputError(f"{path}: '{space}.{m}' must be a number, got {value!r}")
-                row[f"{space}_{m}"] = float(value)
-        rows.append(row)
+        rows += _class_rows(head, q, path)
     if not rows:
         raise InputError("no quality metrics to aggregate")
     return pd.DataFrame(rows)
@@ -265,20 +323,28 @@ def _mean_std(sub: pd.DataFrame) -> dict:
     return out
 
 
-def _items(table: pd.DataFrame, group_by: str, convergence=None) -> tuple[list[str], list[tuple]]:
+def _shown_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (space, metric) columns any row of `table` has (Inception and VAE only when present)."""
+    return [c for c in COLUMNS if f"{c[0]}_{c[1]}_mean" in table and table[f"{c[0]}_{c[1]}_mean"].notna().any()]
+
+
+def _items(table: pd.DataFrame, group_by: str, convergence=None, shown=None,
+           prefix: str = "") -> tuple[list[str], list[tuple]]:
     """Column labels and table items (see histosynth.reporting.tables): the reference row first when
     present, then a section per filter (or generator) block, a row per (generator, filter).
 
-    Inception and VAE columns are shown when any row has them ("—" where missing). The
-    best value among the synthetic rows is judged on the displayed (rounded) mean, so ties
-    are all marked; the reference row is never marked. Flagged generators' rows say so.
+    Inception and VAE columns are shown when any row has them ("—" where missing), or the
+    `shown` ones. The best value among the synthetic rows is judged on the displayed
+    (rounded) mean, so ties are all marked; the reference row is never marked. Flagged
+    generators' rows say so. `prefix` opens every section title (a class block).
     """
-    shown = [c for c in COLUMNS if f"{c[0]}_{c[1]}_mean" in table and table[f"{c[0]}_{c[1]}_mean"].notna().any()]
+    shown = _shown_columns(table) if shown is None else shown
     synthetic = (table["generator"] != REFERENCE).to_numpy()
     labels, columns = [], []
     for space, metric in shown:
         label, scale, higher = COLUMNS[(space, metric)]
-        means, stds = table[f"{space}_{metric}_mean"], table[f"{space}_{metric}_std"]
+        nan = pd.Series(math.nan, index=table.index)
+        means, stds = table.get(f"{space}_{metric}_mean", nan), table.get(f"{space}_{metric}_std", nan)
         marks = iter(best_marks([round(scale * a, 2) for a in means[synthetic]], higher))
         columns.append([(MISSING if math.isnan(a) else f"{scale * a:.2f} ± {scale * s:.2f}",
                          bool(next(marks)) if syn else False) for a, s, syn in zip(means, stds, synthetic)])
@@ -291,30 +357,27 @@ def _items(table: pd.DataFrame, group_by: str, convergence=None) -> tuple[list[s
     items, current = [], None
     for i, (outer, name) in enumerate(zip(table[group_by], table[inner])):
         if not synthetic[i]:
-            items += [("section", "Reference"), ("row", REFERENCE_NAME, list(rows[i]))]
+            items += [("section", prefix + "Reference"), ("row", REFERENCE_NAME, list(rows[i]))]
             continue
         if outer != current:
             current = outer
-            items.append(("section", outer_name(outer)))
+            items.append(("section", prefix + outer_name(outer)))
         items.append(("row", inner_name(name), list(rows[i])))
     return labels, items
 
 
 def load_reference(paths) -> pd.DataFrame:
-    """One row per subset: the `kept` design of reference.json as `<space>_<metric>` (histosynth.evaluation.reference)."""
+    """Rows per subset (and class, "" overall): the `kept` design of reference.json as `<space>_<metric>`
+    (histosynth.evaluation.reference)."""
     rows = []
     for path in paths:
         try:
             with open(path) as f:
                 ref = json.load(f)
-            kept = ref["kept"]
-            row = {"generator": REFERENCE, "filter": "", "subset": str(ref["subset"])}
-            for space in SPACES:
-                for m in TABLE_METRICS:
-                    row[f"{space}_{m}"] = float(kept[space][m]) if space in kept else math.nan
+            head = {"generator": REFERENCE, "filter": "", "subset": str(ref["subset"])}
+            rows += _class_rows(head, ref["kept"], path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise InputError(f"{path}: not a reference file written by reference_quality ({e!r})") from e
-        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -341,7 +404,9 @@ def aggregate_quality(json_paths, out_tsv, out_md, out_tex, out_html=None, *,
     appearance when None; a file naming one not listed is an error), grouped in
     blocks per filter (group_by="filter", as in Table 1) or per generator. Cells:
     mean ± std over subsets; FID as is, KID ×10³, precision/recall/F1 in percent;
-    the best value per column in bold. Returns the summary table.
+    the best value per column in bold. Quality files with `per_class` metrics add a block
+    per class after the overall rows (the same columns, each class's own reference row).
+    Returns the summary table (column `class`: "" for the overall rows).
 
     With `reference_paths` (reference.json per subset) the table opens with the
     real-vs-real row and every row gets "FID ×real": its FID over its own subset's
@@ -352,27 +417,40 @@ def aggregate_quality(json_paths, out_tsv, out_md, out_tex, out_html=None, *,
     runs = load_quality(json_paths)
     reference = load_reference(reference_paths) if reference_paths else None
     if reference is not None:
-        ref_fid = dict(zip(reference["subset"], reference["domain_fid"]))
-        missing = sorted(set(runs["subset"]) - set(ref_fid))
+        ref_fid = {(s, c): fid for s, c, fid in zip(reference["subset"], reference["class"], reference["domain_fid"])}
+        missing = sorted(set(runs["subset"]) - {s for s, _ in ref_fid})
         if missing:
             raise InputError(f"quality files of subset(s) {missing} have no reference file")
-        runs["domain_fid_ratio"] = runs["domain_fid"] / runs["subset"].map(ref_fid)
+        # Per class, over that class's own real-vs-real FID (NaN where the reference has no such class).
+        runs["domain_fid_ratio"] = runs["domain_fid"] / [ref_fid.get(key, math.nan)
+                                                         for key in zip(runs["subset"], runs["class"])]
         reference["domain_fid_ratio"] = 1.0
     if vae_paths:
         vae = load_vae_fid(vae_paths)
-        latent = runs["generator"].isin(list(latent_generators))
+        latent = runs["generator"].isin(list(latent_generators)) & (runs["class"] == "")
         runs["vae_fid"] = np.where(latent, runs["subset"].map(vae).astype(float), math.nan)
-    table = summarise_quality(runs, generators=generators, filters=filters, group_by=group_by)
-    if reference is not None:
-        table = pd.concat([pd.DataFrame([{"generator": REFERENCE, "filter": "", **_mean_std(reference)}]), table],
-                          ignore_index=True)
+    tables = []
+    for name in dict.fromkeys(["", *runs["class"]]):  # overall first, then the classes in file order
+        part = summarise_quality(runs[runs["class"] == name].drop(columns="class"), generators=generators,
+                                 filters=filters, group_by=group_by)
+        if reference is not None and (reference["class"] == name).any():
+            ref = reference[reference["class"] == name].drop(columns="class")
+            part = pd.concat([pd.DataFrame([{"generator": REFERENCE, "filter": "", **_mean_std(ref)}]), part],
+                             ignore_index=True)
+        tables.append(part.assign(**{"class": name}))
+    table = pd.concat(tables, ignore_index=True)
     convergence = read_convergence(convergence_paths)
-    labels, items = _items(table, group_by, convergence)
+    shown = _shown_columns(tables[0])
+    labels, items = _items(tables[0], group_by, convergence, shown)
+    for part in tables[1:]:
+        items += _items(part, group_by, convergence, shown, prefix=f"Class {part['class'].iloc[0]}: ")[1]
     note = " ".join(filter(None, [
         "FID ×real: FID over the real-vs-real FID of the same subset (its validation images, drawn r·N_i per "
         "class, against the training subset): 1 is as close as unseen real tissue." if reference is not None else "",
         "VAE rec. FID: the VAE's reconstructions of those validation images, which no latent-diffusion model "
         "decoded by it can beat." if vae_paths else "",
+        "Class blocks: the images a generator drew for that label against the real images of that class (and "
+        "FID ×real against that class's real-vs-real FID)." if len(tables) > 1 else "",
         convergence_note(convergence)]))
     write_text(out_tsv, table.to_csv(sep="\t", float_format="%.6f", index=False))
     md = to_markdown(title, labels, items, note)
@@ -519,25 +597,30 @@ def plot_feature_map(real_features, selected_features, rejected_features, path, 
     return used
 
 
-def measure_kept(selected_path, pool_path, train, metrics_path, plot_path, *, real, generator: str,
+def measure_kept(selected_path, pool_path, train, subset_path, metrics_path, plot_path, *, real, generator: str,
                  filter: str, subset: int, quality: Mapping, batch_size: int, device: str,  # noqa: A002
                  max_points: int) -> dict:
-    """Quality of a filter's kept images against the real subset of the `train` store in every feature
-    space of `real` (features.RealFeatures), and the real / kept / rejected feature map (domain)."""
-    from histosynth.data.store import read_extra, read_store, store_info
+    """Quality of a filter's kept images against the real subset (`subset_path`, indices into the `train`
+    store) in every feature space of `real` (features.RealFeatures), overall and per class, and the
+    real / kept / rejected feature map (domain)."""
+    from histosynth.data.split import read_subset
+    from histosynth.data.store import read_extra, read_labels, read_store, store_info
     from histosynth.evaluation.features import extract_features
     from histosynth.torch_utils import sampling_device
 
     device = sampling_device(device)
-    selected, _, _ = read_store(selected_path)
+    selected, selected_labels, _ = read_store(selected_path)
+    real_labels = read_labels(train)[read_subset(subset_path)]  # the order of the stored real features
     pool, _, _ = read_store(pool_path)
     keep = read_extra(selected_path, "pool_index")
     rejected = np.setdiff1d(np.arange(len(pool)), keep)  # images drawn beyond the pool were never rejected
-    spaces = real.spaces(len(store_info(train).class_names))
+    class_names = store_info(train).class_names
+    spaces = real.spaces(len(class_names))
     features = {space: (stats["features"], extract_features(extractor, selected, batch_size, device))
                 for space, (extractor, stats) in spaces.items()}
     result = write_quality(metrics_path, features, generator=generator, filter=filter, subset=subset,
-                           k=quality["k"], kid_subsets=quality["kid_subsets"], seed=quality["seed"])
+                           k=quality["k"], kid_subsets=quality["kid_subsets"], seed=quality["seed"],
+                           labels=(real_labels, selected_labels, class_names))
     domain = spaces["domain"][0]
     rejected_features = extract_features(domain, pool[rejected], batch_size, device) if len(rejected) else None
     plot_feature_map(*features["domain"], rejected_features, plot_path,

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from histosynth.errors import InputError
-from histosynth.evaluation.quality import quality_metrics
+from histosynth.evaluation.quality import class_quality, quality_metrics
 from histosynth.fileio import write_json
 
 DESIGNS = ("scoring", "kept")
@@ -75,11 +75,14 @@ def _metrics(real: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], qu
 
 
 def write_reference(path, real: Mapping[str, np.ndarray], valid: Mapping[str, Mapping[str, np.ndarray]],
-                    counts: Mapping[str, Mapping[int, int]], *, subset, quality: Mapping) -> dict:
+                    counts: Mapping[str, Mapping[int, int]], *, subset, quality: Mapping,
+                    labels: tuple | None = None) -> dict:
     """Real validation vs real training subset, per design and feature space, as JSON.
 
     real[space]: the subset's features; valid[design][space]: the features of that
-    design's validation draw (draw_per_class with counts[design]).
+    design's validation draw (draw_per_class with counts[design]). With `labels` =
+    (real labels, {design: the draw's labels}, class names) each design also gets
+    `per_class`, the reference row of the quality table's class blocks.
     """
     if set(valid) != set(DESIGNS) or set(counts) != set(DESIGNS):
         raise InputError(f"the reference needs the designs {list(DESIGNS)}, got {sorted(valid)}")
@@ -87,6 +90,13 @@ def write_reference(path, real: Mapping[str, np.ndarray], valid: Mapping[str, Ma
     for design in DESIGNS:
         result[design] = {"counts": {str(c): int(n) for c, n in counts[design].items()},
                           **_metrics(real, valid[design], quality)}
+        if labels is not None:
+            real_labels, draw_labels, class_names = labels
+            per_space = {space: class_quality(real[space], real_labels, feats, draw_labels[design], class_names,
+                                              k=quality["k"], kid_subsets=quality["kid_subsets"], seed=quality["seed"])
+                         for space, feats in valid[design].items()}
+            result[design]["per_class"] = {str(n): {space: per_space[space][str(n)] for space in per_space}
+                                           for n in class_names}
     write_json(path, result)
     return result
 
@@ -153,14 +163,19 @@ def measure_reference(train, subset, valid, out, *, real, subset_index: int, ima
     from histosynth.torch_utils import sampling_device
 
     device = sampling_device(device)
-    counts, draws = reference_draws(train, subset, read_labels(valid), images_per_class=images_per_class,
+    from histosynth.data.split import read_subset
+
+    valid_labels = read_labels(valid)
+    counts, draws = reference_draws(train, subset, valid_labels, images_per_class=images_per_class,
                                     ratio=ratio, seed=quality["seed"])
-    spaces = real.spaces(len(store_info(valid).class_names))
+    class_names = store_info(valid).class_names
+    spaces = real.spaces(len(class_names))
     images = {d: read_store(valid, idx)[0] for d, idx in draws.items()}  # the draws only, not all of it
     features = {d: {space: extract_features(ext, images[d], batch_size, device) for space, (ext, _) in spaces.items()}
                 for d in draws}
+    labels = (read_labels(train)[read_subset(subset)], {d: valid_labels[idx] for d, idx in draws.items()}, class_names)
     return write_reference(out, {space: stats["features"] for space, (_, stats) in spaces.items()}, features, counts,
-                           subset=subset_index, quality=quality)
+                           subset=subset_index, quality=quality, labels=labels)
 
 
 def judge_convergence(pool_path, choice_path, curve_path, reference_path, train, subset, out, plot_path, *,

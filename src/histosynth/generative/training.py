@@ -28,11 +28,13 @@ import torch
 from tqdm import tqdm
 
 from histosynth.checkpoint import list_checkpoints, resume_or_start, rng_state, save_checkpoint, save_resume_state
+from histosynth.data.augment import AugmentConfig
 from histosynth.data.batches import BatchIterator
 from histosynth.errors import InputError
 from histosynth.fileio import write_history
 from histosynth.generative import distributed as ddp
 from histosynth.generative.families import FAMILIES, family_module
+from histosynth.generative.models.diffusion import ema_copy, update_ema
 from histosynth.torch_utils import amp_dtype, pick_device
 
 # The fields without a default differ between families: their defaults are each family's
@@ -47,6 +49,14 @@ class GANTrainConfig:
     lr: float
     betas: tuple
     n_critic: int = 1  # critic updates per generator update
+    # Half-life, in thousands of training images, of the moving average of the generator's
+    # weights that snapshots hold and sample from (GANs only; 0 = the raw weights, as the
+    # papers sample). GANTrainer.update_ema.
+    ema_kimg: float = 0.0
+    # Train on the real images under random flips and 90-degree rotations (tissue has no
+    # canonical orientation): 8x the distinct images a small subset offers. The papers train
+    # on the images as they are (false).
+    dihedral: bool = False
     save_from: int  # snapshots for selection after this epoch ...
     save_every: int  # ... every this many epochs (HistoGAN: every epoch after 100)
     n_eval_noise: int = 64  # fixed noise stored with every snapshot (sample grids)
@@ -60,17 +70,37 @@ class GANTrainConfig:
     code: str = ""  # hash of the stage's modules (provenance.py): edited code never resumes an old run
 
 
+EMA_RAMPUP = 0.05  # the generator average's half-life is at most this fraction of the images seen
+
+
 class GANTrainer:
     """What the loop needs from a GAN family (histosynth.generative.families): its models, Adam optimisers and
     one training step, which each family's `Trainer` adds."""
 
-    def __init__(self, config_cls, build, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None):
+    def __init__(self, config_cls, build, model_cfg: dict, num_classes: int, image_size: int, lr, betas, amp=None,
+                 ema_kimg: float = 0.0):
         self.cfg = config_cls(**{**model_cfg, "num_classes": num_classes, "image_size": image_size})
         self.G, self.D = build(self.cfg)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=lr, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=lr, betas=betas)
         self.amp = amp
         self.G_run, self.D_run = self.G, self.D  # what step() trains through: these, or DDP wrappers
+        self.ema_kimg, self.nimg = ema_kimg, 0  # nimg: training images the generator has been updated on
+        self.G_ema = ema_copy(self.G) if ema_kimg > 0 else None
+
+    def update_ema(self, batch_size: int) -> None:
+        """After a generator step on `batch_size` images (per process): average G's weights into G_ema.
+
+        The half-life is ema_kimg thousand images, but at most EMA_RAMPUP of the images seen so
+        far, so early weights (noise) leave the average quickly (Karras et al., StyleGAN2-ADA
+        and EDM). WGAN-GP with Adam beta1 = 0 moves G a lot from step to step; the average is
+        what BigGAN and StyleGAN sample from.
+        """
+        batch_size *= ddp.world_size()  # the global batch (every rank holds the same weights)
+        self.nimg += batch_size
+        if self.G_ema is not None:
+            halflife = min(self.ema_kimg * 1000, self.nimg * EMA_RAMPUP)
+            update_ema(self.G_ema, self.G, 0.5 ** (batch_size / max(halflife, 1e-8)))
 
     def distribute(self, wrap) -> None:
         """Several processes (histosynth.generative.distributed): train through DistributedDataParallel wrappers.
@@ -85,24 +115,31 @@ class GANTrainer:
 
     def to(self, device):
         self.G.to(device), self.D.to(device)
+        if self.G_ema is not None:
+            self.G_ema.to(device)
 
     def train(self):
         self.G.train(), self.D.train()
 
     def state_dict(self) -> dict:
         """Everything a resumed run needs (with the RNG state, saved by the loop)."""
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(),
+        ema = {} if self.G_ema is None else {"G_ema": self.G_ema.state_dict()}
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), **ema, "nimg": self.nimg,
                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
+        self.nimg = state["nimg"]
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
 
     def snapshot(self) -> dict:
-        """What generation needs from this epoch (histosynth.generative.generate.load_generator reads it)."""
-        return {"G": self.G.state_dict(), "model": asdict(self.cfg)}
+        """What generation needs from this epoch (histosynth.generative.generate.load_generator reads it):
+        the generator that samples, its moving average when there is one."""
+        return {"G": (self.G if self.G_ema is None else self.G_ema).state_dict(), "model": asdict(self.cfg)}
 
 
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
@@ -139,16 +176,18 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
 
     def fresh_model():
         torch.manual_seed(cfg.seed)
-        latent = {"vae_path": vae_path, "diffusion": cfg.diffusion} if FAMILIES[cfg.family].latent else {}
+        kind = ({"vae_path": vae_path, "diffusion": cfg.diffusion} if FAMILIES[cfg.family].latent
+                else {"ema_kimg": cfg.ema_kimg})
         m = family_module(cfg.family).Trainer(cfg.model, num_classes, images.shape[1], cfg.lr, tuple(cfg.betas), amp,
-                                              **latent)
+                                              **kind)
         m.to(device)
         return m
 
     model = fresh_model()
     eval_noise = torch.randn(cfg.n_eval_noise, model.z_dim, generator=torch.Generator().manual_seed(cfg.seed))
     eval_labels = torch.arange(cfg.n_eval_noise) % num_classes
-    batches = BatchIterator(images, labels, cfg.batch_size, shuffle=True, augment=None, seed=cfg.seed,
+    dihedral = AugmentConfig(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0) if cfg.dihedral else None
+    batches = BatchIterator(images, labels, cfg.batch_size, shuffle=True, augment=dihedral, seed=cfg.seed,
                             device=device, drop_last=len(images) > cfg.batch_size)
     # The resolved model config (defaults included), not just what the user wrote: a
     # changed default must not resume weights of another architecture.

@@ -31,6 +31,7 @@ class Trainer(GANTrainer):
         self.opt_d.step()
         if train_g:
             self.opt_g.step()
+            self.update_ema(len(x))
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach()}
 
 

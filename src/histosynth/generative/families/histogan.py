@@ -41,6 +41,7 @@ class Trainer(GANTrainer):
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
+            self.update_ema(len(x))
             losses["g_loss"] = g_loss.detach()
         return losses
 

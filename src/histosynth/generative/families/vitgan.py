@@ -40,6 +40,7 @@ class Trainer(GANTrainer):
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self.opt_g.step()
+            self.update_ema(len(x))
             losses["g_loss"] = g_loss.detach()
         # Class-head accuracy on real images and confident synthetic images per batch (Algorithm 2).
         return {**losses, "acc_real": parts["acc_real"], "n_syn": parts["n_syn"]}
