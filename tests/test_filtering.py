@@ -12,7 +12,7 @@ from histosynth.data.store import read_extra, read_store
 from histosynth.errors import InputError
 from histosynth.evaluation.features import domain_extractor, extract_features
 from histosynth.evaluation.filtering import FilterConfig, filter_pool
-from histosynth.evaluation.reference import target_counts
+from histosynth.evaluation.draws import target_counts
 from histosynth.generative.generate import generate_pool
 from histosynth.generative.training import train_gan
 from test_gan_training import TINY, data

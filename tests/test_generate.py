@@ -8,7 +8,8 @@ import pytest
 from histosynth.config_schema import train_config
 from histosynth.data.store import read_store
 from histosynth.evaluation.features import extract_features, gaussian_stats
-from histosynth.generative.generate import generate_pool, load_generator, sample_images, score_checkpoints
+from histosynth.evaluation.scoring import score_checkpoints
+from histosynth.generative.generate import generate_pool, load_generator, sample_images
 from histosynth.generative.training import train_gan
 from test_gan_training import TINY, data
 
@@ -104,16 +105,18 @@ def test_bn_generator_samples_with_standing_statistics(tmp_path):
 
 def test_scoring_latents_are_never_pool_latents(trained, tmp_path, monkeypatch):
     """The images a snapshot is chosen on must not be its pool's first images (same default seed 0)."""
+    import histosynth.evaluation.scoring as scoring_module
     import histosynth.generative.generate as gen
 
     tmp, x = trained
     drawn = []
     real_sample = gen.sample_images
-    monkeypatch.setattr(gen, "sample_images", lambda G, labels, seeds, *a, **k: drawn.append(seeds.copy())
-                        or real_sample(G, labels, seeds, *a, **k))
+    record = lambda G, labels, seeds, *a, **k: drawn.append(seeds.copy()) or real_sample(G, labels, seeds, *a, **k)  # noqa: E731
+    monkeypatch.setattr(gen, "sample_images", record)
+    monkeypatch.setattr(scoring_module, "sample_images", record)
     feats = extract_features(MeanColour(), x)
     mu, sigma = gaussian_stats(feats)
-    gen.score_checkpoints(tmp / "ckpt", {"domain": (MeanColour(), {"mu": mu, "sigma": sigma, "features": feats})},
+    scoring_module.score_checkpoints(tmp / "ckpt", {"domain": (MeanColour(), {"mu": mu, "sigma": sigma, "features": feats})},
                           {0: 6, 1: 6}, tmp_path / "scores.tsv", seed=0)
     gen.generate_pool(tmp / "ckpt/epoch_00003.pt", {0: 6, 1: 6}, ["a", "b"], tmp_path / "pool.h5", seed=0)
     scoring, pool = drawn[0], drawn[-1]

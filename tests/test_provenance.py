@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from histosynth.generative.families import family_modules
 from histosynth.provenance import code_hash, import_closure, stage_code
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,17 @@ def test_the_real_stages_reach_what_they_run():
     assert "histosynth.evaluation.selection" in import_closure(SCRIPTS / "evaluate_unified.py")
     assert not _modules("job", "gpu_slots") & convergence
 
+
+
+@pytest.mark.parametrize("stage", ["train_generator", "train_vae", "generate", "train_classifier", "feature_extractor"])
+def test_the_expensive_stages_do_not_reach_the_measuring_code(stage):
+    """Editing a quality metric, the memorisation audit or the reference reruns the measuring stages,
+    never a generator, a VAE, a pool or a classifier (weeks of GPU time at paper scale)."""
+    measuring = {f"histosynth.evaluation.{m}" for m in ("metrics", "quality", "reference", "memorisation", "scoring")}
+    assert not import_closure(SCRIPTS / f"{stage}.py") & measuring
+    if stage == "train_generator":  # nor does any family's own code
+        for family, own in family_modules().items():
+            assert not import_closure(SCRIPTS / f"{stage}.py", set(own)) & measuring, family
 
 @pytest.mark.parametrize("family, own, foreign", [
     ("ldm_dit", _modules("generative.models.dit", "generative.ldm", "generative.models.diffusion",

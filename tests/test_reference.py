@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from histosynth.evaluation.quality import quality_metrics
-from histosynth.evaluation.reference import draw_per_class, first_per_class, scoring_counts, verdict, write_convergence, write_reference
+from histosynth.evaluation.draws import scoring_counts
+from histosynth.evaluation.reference import draw_per_class, first_per_class, verdict, write_convergence, write_reference
 
 QUALITY = {"k": 3, "kid_subsets": 10, "seed": 0}
 

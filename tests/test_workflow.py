@@ -193,6 +193,20 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     assert (gen / "fid_curve.png").read_bytes()[:4] == b"\x89PNG"
     reference = json.loads((tmp / "results/pcam/feature_extractor/subset0/reference.json").read_text())
     assert reference["kept"]["counts"] == {"0": 5, "1": 5} and reference["scoring"]["counts"] == {"0": 4, "1": 4}
+    # The memorisation audit: thresholds from every validation image; every pool and kept image traced
+    # to its nearest training image; the copy rate in the verdict, the quality file and the table.
+    assert set(reference["memorisation"]["thresholds"]) == {"domain", "pixel"} and reference["memorisation"]["n_valid"] > 0
+    pool_audit = pd.read_csv(gen / "memorisation.tsv", sep="\t")
+    assert len(pool_audit) == 40 and pool_audit.pixel_index.between(0, 19).all()  # 20 training images
+    assert verdict["memorisation"]["n"] == 40 and 0 <= verdict["memorisation"]["copy_rate"] <= 1
+    for name in GAN_MICRO["filters"]:
+        kept_audit = pd.read_csv(gen / f"filters/{name}/memorisation.tsv", sep="\t")
+        assert len(kept_audit) == 10 and set(kept_audit["class"]) == {"normal", "tumor"}
+        q = json.loads((gen / f"filters/{name}/quality.json").read_text())
+        assert q["memorisation"]["n_copies"] == kept_audit["copy"].sum() and len(q["memorisation"]["closest"]) == 8
+        assert set(q["per_class"]) == {"normal", "tumor"} and q["per_class"]["tumor"]["domain"]["n_fake"] == 5
+        assert (gen / f"filters/{name}/closest_pairs.png").read_bytes()[:4] == b"\x89PNG"
+    assert quality["memorisation_copies_mean"].notna().all()
     # The verdict's thresholds rerun the verdicts and the table only.
     changed = {**config, "quality": {**config["quality"], "converged": {"max_fid_ratio": 4}}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"convergence": 1, "quality_table": 1}

@@ -42,11 +42,16 @@ rule quality:
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
         train=f"{RESULTS}/data/train.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",  # the real features' labels: per-class metrics
+        reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",  # the copy thresholds
     output:
         metrics=f"{FILT}/quality.json",
         plot=report(f"{FILT}/feature_map.png", category="Synthetic image quality", subcategory="{generator}",
                     caption="../report/feature_map.rst",
                     labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
+        memorisation=f"{FILT}/memorisation.tsv",
+        pairs=report(f"{FILT}/closest_pairs.png", category="Memorisation audit", subcategory="{generator}",
+                     caption="../report/closest_pairs.rst",
+                     labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
     params:
         code=code("quality"),
         quality=quality_params(),

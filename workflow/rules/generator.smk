@@ -252,6 +252,7 @@ rule convergence:
         metrics=f"{GEN}/convergence.json",
         plot=report(f"{GEN}/fid_curve.png", category="Checkpoint selection", subcategory="{generator}",
                     caption="../report/fid_curve.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
+        memorisation=f"{GEN}/memorisation.tsv",  # every pool image's nearest training image (the audit)
     params:
         code=code("convergence"),
         converged=config["quality"]["converged"],

@@ -6,7 +6,7 @@ from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821
     i, o, p = smk.input, smk.output, smk.params
-    judge_convergence(i.pool, i.choice, i.curve, i.reference, i.train, i.subset, o.metrics, o.plot,
+    judge_convergence(i.pool, i.choice, i.curve, i.reference, i.train, i.subset, o.metrics, o.plot, o.memorisation,
                       real=RealFeatures(i.extractor, i.stats, p.backbone), generator=smk.wildcards.generator,
                       subset_index=int(smk.wildcards.subset), ratio=p.ratio, quality=p.quality,
                       converged=p.converged, metric=p.metric, alpha=p.alpha, batch_size=p.batch_size,

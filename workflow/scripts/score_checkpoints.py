@@ -2,7 +2,7 @@
 import os
 
 from histosynth.evaluation.features import RealFeatures
-from histosynth.generative.generate import score_training_run
+from histosynth.evaluation.scoring import score_training_run
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

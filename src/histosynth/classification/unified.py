@@ -23,23 +23,14 @@ import torch
 
 from histosynth.checkpoint import checkpoint_path, load_checkpoint
 from histosynth.classification.classifier import scores_for_metrics
+from histosynth.classification.metrics import classification_metrics
 from histosynth.data.store import read_store
 from histosynth.errors import InputError
-from histosynth.classification.metrics import classification_metrics
 from histosynth.evaluation.selection import read_scores, select_checkpoint
 from histosynth.fileio import write_json, write_text
-from histosynth.generative.families import FAMILIES
+from histosynth.generative.families import FAMILIES, family_module
 
 CRITERIA = ("fid_and_validation", "validation", "fid")
-
-
-def critic_from_state(state: dict, device="cpu") -> torch.nn.Module:
-    """The critic (source and class heads) of a loaded ViT-cGAN snapshot, in eval mode."""
-    from histosynth.generative.models.vitgan import Critic, ViTGANConfig
-
-    critic = Critic(ViTGANConfig(**state["model"]))
-    critic.load_state_dict(state["D"])
-    return critic.to(device).eval()
 
 
 def load_critic(snapshot_path, device="cpu") -> tuple[torch.nn.Module, dict]:
@@ -53,7 +44,7 @@ def load_critic(snapshot_path, device="cpu") -> tuple[torch.nn.Module, dict]:
         raise InputError(f"{snapshot_path}: the unified strategy needs the snapshot of a generator whose critic "
                          f"classifies ({[n for n, f in FAMILIES.items() if f.critic_classifies]}), "
                          f"this one is {state.get('family')!r}")
-    return critic_from_state(state, device), state["model"]
+    return family_module(state["family"]).critic_from_state(state, device), state["model"]
 
 
 def critic_metrics(critic, images, labels, batch_size=256, device="cpu") -> dict[str, float]:

@@ -20,7 +20,7 @@ from histosynth.data.store import read_extra, read_store, write_store
 from histosynth.errors import InputError
 from histosynth.evaluation import filters
 from histosynth.evaluation.metrics import realism_score
-from histosynth.evaluation.reference import target_counts
+from histosynth.evaluation.draws import target_counts
 from histosynth.fileio import write_json
 from histosynth.generative.families import FAMILIES, family_module
 from histosynth.registry import FILTERS, filter_name

@@ -67,6 +67,7 @@ COLUMNS = {
     ("domain", "density"): ("Density ↑", 1.0, True),  # ~1 for images drawn like the reals; can exceed 1
     ("domain", "coverage"): ("Coverage (%) ↑", 100.0, True),
     ("domain", "realism"): ("Mean realism ↑", 1.0, True),
+    ("memorisation", "copies"): ("Copies (%) ↓", 100.0, False),  # histosynth.evaluation.memorisation's rule
     ("inception", "fid"): ("Inception FID ↓", 1.0, False),
     ("inception", "kid"): ("Inception KID ×10³ ↓", 1e3, False),
     ("vae", "fid"): ("VAE rec. FID ↓", 1.0, False),
@@ -156,14 +157,15 @@ def class_quality(real, real_labels, fake, fake_labels, class_names, **kwargs) -
 
 def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, filter: str,  # noqa: A002
                   subset, k: int = 3, kid_subsets: int = 100, kid_subset_size: int = 1000,
-                  seed: int = 0, labels: tuple | None = None) -> dict:
+                  seed: int = 0, labels: tuple | None = None, memorisation: Mapping | None = None) -> dict:
     """Compute :func:`quality_metrics` per feature space and write them as one JSON (atomically).
 
     `spaces` maps "domain" (required) and optionally "inception" to a
     (real_features, fake_features) pair; a None value means "not computed" (e.g.
     no Inception weights). The JSON holds generator, filter, subset, the settings,
     and per space the metrics plus n_real and n_fake. With `labels` = (real_labels,
-    fake_labels, class_names) also `per_class`: {class name: {space: the same}}.
+    fake_labels, class_names) also `per_class`: {class name: {space: the same}};
+    `memorisation` (histosynth.evaluation.memorisation.summary) is stored as it is.
     Returns the written dict.
     """
     if not isinstance(spaces, Mapping):
@@ -201,6 +203,8 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
                      for space, (real, fake) in ((s, spaces[s]) for s in SPACES if spaces.get(s) is not None)}
         result["per_class"] = {str(name): {space: per_space[space][str(name)] for space in per_space}
                                for name in class_names}
+    if memorisation is not None:
+        result["memorisation"] = dict(memorisation)
     write_json(path, result)
     return result
 
@@ -228,8 +232,11 @@ def _metric_columns(block, path, space: str) -> dict[str, float]:
 
 
 def _class_rows(head: dict, q: dict, path) -> list[dict]:
-    """The overall row (class "") of a JSON with metrics per space, then one row per class of its `per_class`."""
-    rows = [{**head, "class": "", **{k: v for space in SPACES for k, v in _metric_columns(q.get(space), path, space).items()}}]
+    """The overall row (class "") of a JSON with metrics per space, then one row per class of its `per_class`;
+    the memorisation audit's copy rate (`memorisation_copies`, NaN without one) in both."""
+    copies = q.get("memorisation") or {}
+    rows = [{**head, "class": "", **{k: v for space in SPACES for k, v in _metric_columns(q.get(space), path, space).items()},
+             "memorisation_copies": float(copies.get("copy_rate", math.nan))}]
     per_class = q.get("per_class") or {}
     if not isinstance(per_class, dict):
         raise InputError(f"{path}: 'per_class' must map class names to metrics")
@@ -237,7 +244,8 @@ def _class_rows(head: dict, q: dict, path) -> list[dict]:
         if not isinstance(blocks, dict):
             raise InputError(f"{path}: per_class '{name}' must be an object of feature spaces")
         rows.append({**head, "class": str(name),
-                     **{k: v for space in SPACES for k, v in _metric_columns(blocks.get(space), path, space).items()}})
+                     **{k: v for space in SPACES for k, v in _metric_columns(blocks.get(space), path, space).items()},
+                     "memorisation_copies": float(copies.get("per_class", {}).get(str(name), math.nan))})
     return rows
 
 
@@ -597,20 +605,23 @@ def plot_feature_map(real_features, selected_features, rejected_features, path, 
     return used
 
 
-def measure_kept(selected_path, pool_path, train, subset_path, metrics_path, plot_path, *, real, generator: str,
-                 filter: str, subset: int, quality: Mapping, batch_size: int, device: str,  # noqa: A002
-                 max_points: int) -> dict:
+def measure_kept(selected_path, pool_path, train, subset_path, reference_path, metrics_path, plot_path,
+                 memorisation_path, pairs_path, *, real, generator: str, filter: str,  # noqa: A002
+                 subset: int, quality: Mapping, batch_size: int, device: str, max_points: int) -> dict:
     """Quality of a filter's kept images against the real subset (`subset_path`, indices into the `train`
-    store) in every feature space of `real` (features.RealFeatures), overall and per class, and the
-    real / kept / rejected feature map (domain)."""
+    store) in every feature space of `real` (features.RealFeatures), overall and per class; their
+    memorisation audit against the copy thresholds of `reference_path` (every kept image's nearest
+    training image, `memorisation_path`; the closest pairs, `pairs_path`); and the real / kept /
+    rejected feature map (domain)."""
     from histosynth.data.split import read_subset
-    from histosynth.data.store import read_extra, read_labels, read_store, store_info
+    from histosynth.data.store import read_extra, read_store, store_info
+    from histosynth.evaluation import memorisation as mem
     from histosynth.evaluation.features import extract_features
     from histosynth.torch_utils import sampling_device
 
     device = sampling_device(device)
     selected, selected_labels, _ = read_store(selected_path)
-    real_labels = read_labels(train)[read_subset(subset_path)]  # the order of the stored real features
+    train_images, real_labels, _ = read_store(train, read_subset(subset_path))  # the stored real features' order
     pool, _, _ = read_store(pool_path)
     keep = read_extra(selected_path, "pool_index")
     rejected = np.setdiff1d(np.arange(len(pool)), keep)  # images drawn beyond the pool were never rejected
@@ -618,9 +629,16 @@ def measure_kept(selected_path, pool_path, train, subset_path, metrics_path, plo
     spaces = real.spaces(len(class_names))
     features = {space: (stats["features"], extract_features(extractor, selected, batch_size, device))
                 for space, (extractor, stats) in spaces.items()}
+    with open(reference_path) as f:
+        thresholds = json.load(f)["memorisation"]["thresholds"]
+    copies, _ = mem.measure(selected, features["domain"][1], selected_labels, class_names,
+                            mem.training_spaces(train_images, features["domain"][0]), thresholds, memorisation_path)
+    mem.plot_closest_pairs(selected, train_images, copies["closest"], pairs_path,
+                           f"{generator}, subset {subset}, filter {filter}: {copies['n_copies']} of {copies['n']} "
+                           f"kept images flagged")
     result = write_quality(metrics_path, features, generator=generator, filter=filter, subset=subset,
                            k=quality["k"], kid_subsets=quality["kid_subsets"], seed=quality["seed"],
-                           labels=(real_labels, selected_labels, class_names))
+                           labels=(real_labels, selected_labels, class_names), memorisation=copies)
     domain = spaces["domain"][0]
     rejected_features = extract_features(domain, pool[rejected], batch_size, device) if len(rejected) else None
     plot_feature_map(*features["domain"], rejected_features, plot_path,

@@ -29,28 +29,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from histosynth.errors import InputError
+from histosynth.evaluation import memorisation as mem
+from histosynth.evaluation.draws import scoring_counts, target_counts
 from histosynth.evaluation.quality import class_quality, quality_metrics
 from histosynth.fileio import write_json
 
 DESIGNS = ("scoring", "kept")
-
-
-def target_counts(real_labels: np.ndarray, n_classes: int, ratio: float) -> dict[int, int]:
-    """r·N_i per class, N_i = real training images of class i."""
-    counts = np.bincount(real_labels, minlength=n_classes)
-    return {c: int(round(ratio * n)) for c, n in enumerate(counts)}
-
-
-def scoring_counts(labels: np.ndarray, n_classes: int, per_class: int) -> dict[int, int]:
-    """Images per class for checkpoint scoring: per_class x n_classes in the subset's class proportions.
-
-    FID is taken against the whole real subset, so a synthetic set with another class mix
-    (e.g. balanced against a 72 / 28 subset) is penalised for the mix alone: on the demo a
-    balanced draw of *real* validation images scored twice the FID of a proportional one.
-    """
-    counts = np.bincount(labels, minlength=n_classes)
-    total = per_class * n_classes
-    return {c: max(1, int(round(total * n / counts.sum()))) for c, n in enumerate(counts)}
 
 
 def draw_per_class(labels: np.ndarray, counts: Mapping[int, int], seed: int = 0) -> np.ndarray:
@@ -76,13 +60,15 @@ def _metrics(real: Mapping[str, np.ndarray], other: Mapping[str, np.ndarray], qu
 
 def write_reference(path, real: Mapping[str, np.ndarray], valid: Mapping[str, Mapping[str, np.ndarray]],
                     counts: Mapping[str, Mapping[int, int]], *, subset, quality: Mapping,
-                    labels: tuple | None = None) -> dict:
+                    labels: tuple | None = None, memorisation: Mapping | None = None) -> dict:
     """Real validation vs real training subset, per design and feature space, as JSON.
 
     real[space]: the subset's features; valid[design][space]: the features of that
     design's validation draw (draw_per_class with counts[design]). With `labels` =
     (real labels, {design: the draw's labels}, class names) each design also gets
-    `per_class`, the reference row of the quality table's class blocks.
+    `per_class`, the reference row of the quality table's class blocks. `memorisation`:
+    the copy thresholds (`thresholds`, ...: histosynth.evaluation.memorisation) and, per
+    design, the audit of its draw (what the rule flags among unseen real images).
     """
     if set(valid) != set(DESIGNS) or set(counts) != set(DESIGNS):
         raise InputError(f"the reference needs the designs {list(DESIGNS)}, got {sorted(valid)}")
@@ -97,6 +83,10 @@ def write_reference(path, real: Mapping[str, np.ndarray], valid: Mapping[str, Ma
                          for space, feats in valid[design].items()}
             result[design]["per_class"] = {str(n): {space: per_space[space][str(n)] for space in per_space}
                                            for n in class_names}
+    if memorisation is not None:
+        result["memorisation"] = {k: v for k, v in memorisation.items() if k not in DESIGNS}
+        for design in DESIGNS:
+            result[design]["memorisation"] = memorisation[design]
     write_json(path, result)
     return result
 
@@ -120,14 +110,15 @@ def verdict(fid: float, recall: float, reference_fid: float, *, max_fid_ratio: f
 
 def write_convergence(path, real_features: np.ndarray, pool_features: np.ndarray, reference: Mapping, *,
                       generator: str, subset, epoch: int, quality: Mapping, max_fid_ratio: float,
-                      min_recall: float) -> dict:
-    """Score the selected snapshot's `kept`-sized pool draw like the reference and write the verdict (JSON)."""
+                      min_recall: float, memorisation: Mapping | None = None) -> dict:
+    """Score the selected snapshot's `kept`-sized pool draw like the reference and write the verdict (JSON),
+    with the pool's memorisation audit when given."""
     metrics = _metrics({"domain": real_features}, {"domain": pool_features}, quality)["domain"]
     ref = reference["kept"]["domain"]
     result = {"generator": generator, "subset": subset, "epoch": int(epoch),
               **verdict(metrics["fid"], metrics["recall"], ref["fid"], max_fid_ratio=max_fid_ratio,
                         min_recall=min_recall),
-              "pool": metrics, "reference": ref}
+              "pool": metrics, "reference": ref, **({"memorisation": dict(memorisation)} if memorisation else {})}
     write_json(path, result)
     state = "converged" if result["converged"] else "NOT CONVERGED"
     print(f"[convergence] {generator} subset {subset}: {state}: FID {metrics['fid']:.4g} = "
@@ -173,16 +164,27 @@ def measure_reference(train, subset, valid, out, *, real, subset_index: int, ima
     images = {d: read_store(valid, idx)[0] for d, idx in draws.items()}  # the draws only, not all of it
     features = {d: {space: extract_features(ext, images[d], batch_size, device) for space, (ext, _) in spaces.items()}
                 for d in draws}
-    labels = (read_labels(train)[read_subset(subset)], {d: valid_labels[idx] for d, idx in draws.items()}, class_names)
+    train_images, train_labels, _ = read_store(train, read_subset(subset))
+    labels = (train_labels, {d: valid_labels[idx] for d, idx in draws.items()}, class_names)
+    # The copy thresholds from every validation image (the rule's held-out distances), and the rule's
+    # verdict on each draw: how many unseen real images it calls copies.
+    training = mem.training_spaces(train_images, spaces["domain"][1]["features"])
+    every_valid = read_store(valid)[0]
+    thresholds = mem.copy_thresholds(
+        mem.image_spaces(every_valid, extract_features(spaces["domain"][0], every_valid, batch_size, device)), training)
+    memorisation = {"rule": mem.RULE, "thresholds": thresholds, "n_valid": len(every_valid),
+                    **{d: mem.measure(images[d], features[d]["domain"], labels[1][d], class_names, training,
+                                      thresholds)[0] for d in draws}}
     return write_reference(out, {space: stats["features"] for space, (_, stats) in spaces.items()}, features, counts,
-                           subset=subset_index, quality=quality, labels=labels)
+                           subset=subset_index, quality=quality, labels=labels, memorisation=memorisation)
 
 
-def judge_convergence(pool_path, choice_path, curve_path, reference_path, train, subset, out, plot_path, *,
-                      real, generator: str, subset_index: int, ratio: float, quality: Mapping, converged: Mapping,
-                      metric: str, alpha: float, batch_size: int, device: str) -> dict:
+def judge_convergence(pool_path, choice_path, curve_path, reference_path, train, subset, out, plot_path,
+                      memorisation_path, *, real, generator: str, subset_index: int, ratio: float, quality: Mapping,
+                      converged: Mapping, metric: str, alpha: float, batch_size: int, device: str) -> dict:
     """Is the selected snapshot near real-vs-real? Its pool's first r·N_i per class scored like the
-    reference, the verdict written, and the checkpoint curve drawn against the reference."""
+    reference, the verdict written with the memorisation audit of the whole pool (every image's nearest
+    training image: `memorisation_path`), and the checkpoint curve drawn against the reference."""
     import json
 
     import pandas as pd
@@ -194,20 +196,49 @@ def judge_convergence(pool_path, choice_path, curve_path, reference_path, train,
     from histosynth.evaluation.selection import plot_curve
     from histosynth.torch_utils import sampling_device
 
-    _, labels, class_names = read_store(train, read_subset(subset))
+    train_images, labels, class_names = read_store(train, read_subset(subset))
     with open(reference_path) as f:
         reference = json.load(f)
     epoch, _ = selected_snapshot(choice_path)
     pool, pool_labels, _ = read_store(pool_path)
     draw = first_per_class(pool_labels, target_counts(labels, len(class_names), ratio))
     extractor, stats = real.spaces(len(class_names))["domain"]
-    result = write_convergence(out, stats["features"],
-                               extract_features(extractor, pool[draw], batch_size, sampling_device(device)),
-                               reference, generator=generator, subset=subset_index, epoch=epoch, quality=quality,
-                               max_fid_ratio=converged["max_fid_ratio"], min_recall=converged["min_recall"])
+    pool_features = extract_features(extractor, pool, batch_size, sampling_device(device))  # once, for both
+    copies, _ = mem.measure(pool, pool_features, pool_labels, class_names,
+                            mem.training_spaces(train_images, stats["features"]),
+                            reference["memorisation"]["thresholds"], memorisation_path)
+    result = write_convergence(out, stats["features"], pool_features[draw], reference, generator=generator,
+                               subset=subset_index, epoch=epoch, quality=quality,
+                               max_fid_ratio=converged["max_fid_ratio"], min_recall=converged["min_recall"],
+                               memorisation={k: v for k, v in copies.items() if k != "closest"})
     state = "converged" if result["converged"] else "NOT CONVERGED"
     title = (f"{generator}, subset {subset_index}: {state} (pool FID {result['fid_ratio']:.1f}x real vs real, "
              f"recall {100 * result['recall']:.0f} %)")
     plot_curve(pd.read_csv(curve_path, sep="\t"), metric, alpha, epoch, plot_path, title,
                reference=reference["scoring"])
     return result
+
+
+def measure_vae(vae_path, vae_metrics, train, subset, valid, out, *, real, subset_index: int,
+                images_per_class: int, ratio: float, quality: Mapping, batch_size: int, device: str) -> dict:
+    """The VAE's reconstructions of the reference's kept-sized validation draw: what bounds latent diffusion."""
+    import json
+
+    import torch
+
+    from histosynth.data.store import read_labels, read_store
+    from histosynth.evaluation.features import extract_features
+    from histosynth.generative.vae_training import load_vae, reconstruct_images
+    from histosynth.torch_utils import sampling_device
+
+    device = torch.device(sampling_device(device))
+    _, draws = reference_draws(train, subset, read_labels(valid), images_per_class=images_per_class, ratio=ratio,
+                               seed=quality["seed"])
+    images, _, class_names = read_store(valid, draws["kept"])
+    vae, _ = load_vae(vae_path, device)
+    recon = reconstruct_images(vae, images, batch_size)
+    extractor, stats = real.spaces(len(class_names))["domain"]
+    with open(vae_metrics) as f:
+        psnr = json.load(f)["valid_psnr"]
+    return write_vae_quality(out, stats["features"], extract_features(extractor, recon, batch_size, device),
+                             subset=subset_index, quality=quality, psnr=psnr)

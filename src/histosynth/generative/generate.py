@@ -1,4 +1,5 @@
-"""Sampling from generator snapshots: per-checkpoint scoring and bulk generation.
+"""Sampling from generator snapshots: bulk generation (per-checkpoint scoring, which samples the same
+way, is histosynth.evaluation.scoring's).
 
 Every generated image has its own seed (its latent is drawn from a generator
 seeded with it), so any single image of a pool can be regenerated later.
@@ -7,15 +8,13 @@ seeded with it), so any single image of a pool can be regenerated later.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
-from histosynth.checkpoint import list_checkpoints, load_checkpoint
+from histosynth.checkpoint import load_checkpoint
 from histosynth.data.store import write_store
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import frechet_distance, kernel_inception_distance, precision_recall
-from histosynth.fileio import atomic_path, write_text
+from histosynth.fileio import atomic_path
 from histosynth.generative.families import FAMILIES, family_module
 
 
@@ -71,47 +70,6 @@ def class_labels(counts: dict[int, int]) -> np.ndarray:
     return np.concatenate([np.full(n, c, np.int64) for c, n in sorted(counts.items())])
 
 
-PR_K = 3  # k of improved precision/recall (Kynkäänniemi et al.'s default, as the quality table)
-
-
-def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], out_tsv, *,
-                      batch_size=256, device="cpu", seed=0, sampling=None) -> pd.DataFrame:
-    """FID, KID and improved precision/recall of every snapshot against the real subset, per feature space.
-
-    `references` maps a feature-space name to (extractor, real statistics from
-    `features.load_stats`): "domain" gives the columns fid/kid, any other name
-    (e.g. "inception") gives fid_<name>/kid_<name>/... Every snapshot is scored on
-    the same latents (same seeds, from SCORING_STREAM: never a pool's), so
-    differences between epochs come from the weights, not from sampling noise; the
-    images are generated once per snapshot and shared by all feature spaces.
-    """
-    from histosynth.evaluation.features import extract_features, gaussian_stats  # torchvision: only scoring needs it
-
-    snapshots = list_checkpoints(ckpt_dir)
-    if not snapshots:
-        raise InputError(f"{ckpt_dir}: no generator snapshots to score (check save_from < epochs)")
-    labels = class_labels(n_per_class)
-    seeds = image_seeds(seed, len(labels), SCORING_STREAM)
-    rows = []
-    for epoch, path in tqdm(snapshots, desc="score checkpoints"):
-        images = sample_images(load_generator(path, device, sampling), labels, seeds, batch_size, device)
-        row = {"epoch": epoch}
-        for space, (extractor, real) in references.items():
-            suffix = "" if space == "domain" else f"_{space}"
-            fake = extract_features(extractor, images, batch_size, device)
-            mu, sigma = gaussian_stats(fake)
-            kid, kid_std = kernel_inception_distance(real["features"], fake, n_subsets=20, seed=seed)
-            precision, recall = precision_recall(real["features"], fake, PR_K)
-            row |= {f"fid{suffix}": frechet_distance(real["mu"], real["sigma"], mu, sigma),
-                    f"kid{suffix}": kid, f"kid{suffix}_std": kid_std,
-                    f"precision{suffix}": precision, f"recall{suffix}": recall}
-        rows.append(row)
-        print(f"[score_checkpoints] epoch {epoch}: " + " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
-    table = pd.DataFrame(rows)
-    write_text(out_tsv, table.to_csv(sep="\t", index=False, float_format="%.6f"))
-    return table
-
-
 def generate_pool(snapshot_path, counts: dict[int, int], class_names: list[str], out_h5, *, grid_png=None,
                   real=None, batch_size=256, device="cpu", seed=0, sampling=None) -> None:
     """Write `counts[c]` images of every class c to a canonical store, with per-image seeds.
@@ -159,22 +117,6 @@ def save_grid(rows: dict[str, np.ndarray], path, title: str = "") -> None:
     plt.close(fig)
 
 
-def score_training_run(ckpt_dir, train, subset, out_tsv, *, real, images_per_class: int, batch_size: int,
-                       device: str, seed: int, sampling=None) -> pd.DataFrame:
-    """score_checkpoints for one training run: `images_per_class` images of each class of the real
-    `subset` of the `train` store (fewer for a smaller class), in the spaces of `real`
-    (features.RealFeatures)."""
-    from histosynth.data.split import read_subset
-    from histosynth.data.store import read_store
-    from histosynth.evaluation.reference import scoring_counts
-    from histosynth.torch_utils import sampling_device
-
-    _, labels, class_names = read_store(train, read_subset(subset))
-    counts = scoring_counts(labels, len(class_names), images_per_class)
-    return score_checkpoints(ckpt_dir, real.spaces(len(class_names)), counts, out_tsv, batch_size=batch_size,
-                             device=sampling_device(device), seed=seed, sampling=sampling)
-
-
 def generate_selected(choice_path, train, subset, out_h5, grid_png, *, ratio: float, pool_factor: float,
                       batch_size: int, device: str, seed: int, sampling=None) -> None:
     """The pool of the selected snapshot: pool_factor·r·N_i images of each class i, N_i the real
@@ -182,7 +124,7 @@ def generate_selected(choice_path, train, subset, out_h5, grid_png, *, ratio: fl
     from histosynth.checkpoint import selected_snapshot
     from histosynth.data.split import read_subset
     from histosynth.data.store import read_store
-    from histosynth.evaluation.reference import target_counts
+    from histosynth.evaluation.draws import target_counts
     from histosynth.torch_utils import sampling_device
 
     _, snapshot = selected_snapshot(choice_path)

@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -233,28 +232,3 @@ def train_subset_vae(train, subset, valid, cfg: VAETrainConfig, *, model_path, l
     valid_images, _, _ = read_store(valid)
     return train_vae(images, valid_images, cfg, model_path=model_path, losses_path=losses_path,
                      metrics_path=metrics_path, resume_path=resume_path)
-
-
-def measure_vae(vae_path, vae_metrics, train, subset, valid, out, *, real, subset_index: int,
-                images_per_class: int, ratio: float, quality: Mapping, batch_size: int, device: str) -> dict:
-    """The VAE's reconstructions of the reference's kept-sized validation draw: what bounds latent diffusion."""
-    import json
-
-    import torch
-
-    from histosynth.data.store import read_labels, read_store
-    from histosynth.evaluation.features import extract_features
-    from histosynth.evaluation.reference import reference_draws, write_vae_quality
-    from histosynth.torch_utils import sampling_device
-
-    device = torch.device(sampling_device(device))
-    _, draws = reference_draws(train, subset, read_labels(valid), images_per_class=images_per_class, ratio=ratio,
-                               seed=quality["seed"])
-    images, _, class_names = read_store(valid, draws["kept"])
-    vae, _ = load_vae(vae_path, device)
-    recon = reconstruct_images(vae, images, batch_size)
-    extractor, stats = real.spaces(len(class_names))["domain"]
-    with open(vae_metrics) as f:
-        psnr = json.load(f)["valid_psnr"]
-    return write_vae_quality(out, stats["features"], extract_features(extractor, recon, batch_size, device),
-                             subset=subset_index, quality=quality, psnr=psnr)

@@ -3,10 +3,11 @@
 A family is two files here and nothing else: `<name>.py`, everything that is that
 family's own code (`Trainer`: its models, optimisers and one training step, for
 histosynth.generative.training's loop; `load_generator(state, device, sampling)`: a
-snapshot's sampler; and, when its critic classifies images, `load_critic(state,
-device)`), and `<name>.yaml`, its registration (display name, order, traits) and the
-schema of its config section `generator.<name>`, which config_schema.load_schema puts
-into the config schema. Nothing else names a family, so code provenance counts its
+snapshot's sampler; and, when its critic classifies images, `critic_from_state(state,
+device)`, the critic, and `load_critic(state, device)`, it as a classifier), and
+`<name>.yaml`, its registration (display name, order, traits) and the schema of its
+config section `generator.<name>`, which config_schema.load_schema puts into the config
+schema. Nothing else names a family, so code provenance counts its
 module only for its own jobs. This module imports nothing heavy: the workflow reads it at
 start-up.
 """

@@ -58,9 +58,14 @@ def load_generator(state: dict, device="cpu", sampling=None) -> torch.nn.Module:
     return vitgan.TruncatedViTGenerator(G).to(device).eval()
 
 
+def critic_from_state(state: dict, device="cpu") -> torch.nn.Module:
+    """The critic (source and class heads) of a loaded snapshot, in eval mode (strategy `unified`)."""
+    critic = vitgan.Critic(vitgan.ViTGANConfig(**state["model"]))
+    critic.load_state_dict(state["D"])
+    return critic.to(device).eval()
+
+
 def load_critic(state: dict, device="cpu"):
     """The snapshot's critic as a classifier: (uint8 NHWC images, batch_size) -> class probabilities."""
-    from histosynth.classification.unified import critic_from_state
-
     critic = critic_from_state(state, device)
     return lambda images, batch_size=256: vitgan.class_probabilities(critic, images, batch_size, device)
