@@ -105,3 +105,30 @@ def test_confidence_filter_on_a_vitgan_pool_uses_its_own_class_head(setup, tmp_p
     expected = _critic(snapshot, "cpu")(pool[idx])[np.arange(len(idx)), labels[idx]]
     np.testing.assert_allclose(read_extra(tmp_path / "selected.h5", "score"), expected, rtol=1e-6)
     assert _critic(setup[4], "cpu") is None  # HistoGAN snapshots keep the domain classifier
+
+
+@pytest.mark.parametrize("name", ["none", "selective", "realism", "confidence"])
+def test_exclude_copies_passes_over_the_likely_copies(setup, tmp_path, name):
+    """Three pool images are also training images: with exclude_copies every filter keeps its
+    r·N_i per class without them (the audit's rule, thresholds from a reference file)."""
+    tmp, x, y, _, snapshot = setup
+    pool, pool_labels, _ = read_store(tmp / "pool.h5")
+    copies = [0, 2, 16]
+    real = np.concatenate([x, pool[copies]])
+    real_y = np.concatenate([y, pool_labels[copies]])
+    feats = extract_features(domain_extractor(tmp / "model.pt", "resnet18", 2), real)
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({"memorisation": {"thresholds": {"domain": 1e-3, "pixel": 1e-3}}}))
+    cfg = FilterConfig(name=name, batch_size=16, mc_passes=2, realism_threshold=0.0, confidence_threshold=0.0,
+                       ratio=0.4, exclude_copies=True)  # r·N_i = 4 of the 10 normal and 9 tumour images
+    summary = filter_pool(cfg, tmp / "pool.h5", real, real_y, feats, tmp / "model.pt", "resnet18", snapshot,
+                          tmp_path / "selected.h5", tmp_path / "summary.json", reference_path=reference)
+    idx = read_extra(tmp_path / "selected.h5", "pool_index")
+    assert not set(idx.tolist()) & set(copies) and summary["kept"] == {"normal": 4, "tumor": 4}
+    assert summary["copies_excluded"] == 3
+    if name == "none":
+        assert idx.tolist() == [1, 3, 4, 5, 17, 18, 19, 20]  # the next pool images
+    without = filter_pool(FilterConfig(name="none", ratio=0.4), tmp / "pool.h5", real, real_y, feats,
+                          tmp / "model.pt", "resnet18", snapshot, tmp_path / "plain.h5", tmp_path / "plain.json")
+    assert "copies_excluded" not in without
+    assert read_extra(tmp_path / "plain.h5", "pool_index").tolist()[:2] == [0, 1]  # off: copies kept

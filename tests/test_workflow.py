@@ -230,6 +230,13 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     changed = {**config, "selection": {**config["selection"], "inception_weights": str(weights)}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {
         "inception_stats": 1, "reference_quality": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
+    # exclude_copies reruns every filter and what reads it; each then drops the audit's likely copies.
+    changed = {**config, "filtering": {**config["filtering"], "exclude_copies": True}}
+    assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 2, "quality": 2, "quality_table": 1}
+    snakemake(tmp, changed)
+    for name in GAN_MICRO["filters"]:
+        summary = json.loads((gen / f"filters/{name}/summary.json").read_text())
+        assert summary["copies_excluded"] >= 0 and summary["kept"] == {"normal": 5, "tumor": 5}
 
 
 SYNTHETIC_STRATEGIES = ["augment", "transfer", "synthetic_only"]

@@ -167,7 +167,14 @@ def filter_params(name):
     """Only the settings this filter reads (histosynth.registry): changing λ never reruns `selective`."""
     f = config["filtering"]
     return {"name": name, "ratio": config["generation"]["ratio"], "batch_size": f["batch_size"],
-            **{key: f[key] for key in FILTERS[name].settings}}
+            "exclude_copies": f["exclude_copies"], **{key: f[key] for key in FILTERS[name].settings}}
+
+
+def copy_thresholds(wildcards):
+    """The memorisation audit's thresholds, for filters that drop likely copies (filtering.exclude_copies)."""
+    if not config["filtering"]["exclude_copies"]:
+        return {}
+    return {"reference": f"{RESULTS}/feature_extractor/subset{wildcards.subset}/reference.json"}
 
 
 def classifier_runs():

@@ -6,6 +6,7 @@ FILT = f"{GEN}/filters/{{filter}}"
 
 rule filter:
     input:
+        unpack(copy_thresholds),
         pool=f"{GEN}/pool.h5",
         choice=f"{GEN}/selected.json",
         train=f"{RESULTS}/data/train.h5",

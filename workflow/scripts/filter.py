@@ -7,4 +7,5 @@ from histosynth.job import job
 with job(snakemake) as smk:  # noqa: F821
     i, o, p = smk.input, smk.output, smk.params
     filter_selected(FilterConfig(**p.cfg), i.pool, i.train, i.subset, i.choice, o.selected, o.summary,
-                    real=RealFeatures(i.extractor, i.stats, p.backbone), device=p.device, sampling=p.sampling)
+                    real=RealFeatures(i.extractor, i.stats, p.backbone), device=p.device, sampling=p.sampling,
+                    reference=i.get("reference"))

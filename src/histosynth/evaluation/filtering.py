@@ -39,6 +39,7 @@ class FilterConfig:
     max_draw_factor: float = 10.0  # top-up: give up after drawing this many × the target
     batch_size: int = 256
     seed: int = 0
+    exclude_copies: bool = False  # drop the memorisation audit's likely copies (histosynth.evaluation.memorisation)
 
     def __post_init__(self):
         object.__setattr__(self, "name", filter_name(self.name))  # an old alias, e.g. histogan
@@ -81,10 +82,33 @@ class _Scorer:
             return filters.per_class_realism(self.real_features, self.real_labels, fake, labels, realism_score, k=k)
         return realism_score(self.real_features, fake, k=k)
 
-    def select(self, labels, scores, targets):
+    def select(self, labels, scores, targets, excluded):
+        """The threshold rule, with the `excluded` images failing it whatever their score."""
         if self.cfg.name == "confidence":
-            return filters.confidence_select(labels, scores, targets, self.cfg.confidence_threshold)
-        return filters.realism_select(labels, scores, targets, self.cfg.realism_threshold)
+            return filters.confidence_select(labels, np.where(excluded, 0.0, scores), targets,
+                                             self.cfg.confidence_threshold)
+        return filters.realism_select(labels, np.where(excluded, -np.inf, scores), targets, self.cfg.realism_threshold)
+
+
+def _copy_audit(cfg: FilterConfig, reference_path, real_images, real_features, classifier_path, backbone: str,
+                n_classes: int, device):
+    """images -> which are likely copies of a training image: the memorisation audit of the quality
+    stage, with its thresholds (reference.json); or, without exclude_copies, none are."""
+    if not cfg.exclude_copies:
+        return lambda images: np.zeros(len(images), dtype=bool)
+    if reference_path is None:
+        raise InputError(f"filter '{cfg.name}': exclude_copies needs the reference file with the copy thresholds")
+    import json
+
+    from histosynth.evaluation import memorisation as mem
+    from histosynth.evaluation.features import domain_extractor, extract_features
+
+    with open(reference_path) as f:
+        thresholds = json.load(f)["memorisation"]["thresholds"]
+    extractor = domain_extractor(classifier_path, backbone, n_classes)
+    train = mem.training_spaces(real_images, real_features)
+    return lambda images: mem.audit(mem.image_spaces(images, extract_features(extractor, images, cfg.batch_size,
+                                                                              device)), train, thresholds)["copy"]
 
 
 def _critic(snapshot_path, device):
@@ -103,30 +127,42 @@ def _critic(snapshot_path, device):
 
 def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labels: np.ndarray,
                 real_features: np.ndarray, classifier_path, backbone: str, snapshot_path, out_path, summary_path,
-                device="cpu", sampling=None) -> dict:
+                device="cpu", sampling=None, reference_path=None) -> dict:
     """Select r·N_i images per class from the pool at `pool_path`; write them (+ scores) and a summary.
 
-    `sampling`: latent diffusion's sampler settings, for images drawn beyond the pool."""
+    `sampling`: latent diffusion's sampler settings, for images drawn beyond the pool.
+    `reference_path`: reference.json, whose copy thresholds exclude_copies applies: the likely
+    copies are passed over (`none`: the next pool images; `selective`: ranked last in both
+    halvings; threshold filters: they fail, and images drawn beyond the pool are audited too)."""
     images, labels, class_names = read_store(pool_path)
     seeds = read_extra(pool_path, "seeds")
     n_classes = len(class_names)
     targets = target_counts(real_labels, n_classes, cfg.ratio)
+    is_copy = _copy_audit(cfg, reference_path, real_images, real_features, classifier_path, backbone, n_classes,
+                          device)
+    copy = is_copy(images)
     scores: dict[str, np.ndarray] = {}
     drawn = 0
     if cfg.name == "none":
-        keep = filters.select_first(labels, targets)
+        eligible = np.flatnonzero(~copy)
+        keep = eligible[filters.select_first(labels[eligible], targets)]
     elif cfg.name == "selective":
         model = filters.load_mc_dropout_model(classifier_path, backbone, n_classes, p=cfg.mc_dropout)
         kw = {"batch_size": cfg.batch_size, "device": device, "seed": cfg.seed}
         centroids = filters.class_centroids(model, real_images, real_labels, **kw)
         entropy, distance = filters.mc_dropout_scores(model, images, labels, centroids, passes=cfg.mc_passes, **kw)
-        keep, scores = filters.histogan_select(labels, entropy, distance, targets), {"entropy": entropy,
-                                                                                   "distance": distance}
+        last = lambda x: np.where(copy, x.max() + 1.0, x)  # noqa: E731  (likely copies rank last)
+        keep, scores = filters.histogan_select(labels, last(entropy), last(distance), targets), {"entropy": entropy,
+                                                                                               "distance": distance}
+        if copy[keep].any():
+            raise InputError(f"filter 'selective': {int(copy[keep].sum())} likely copies of training images are "
+                             "among the kept images even ranked last (more than a quarter of a class's pool): "
+                             "raise generation.pool_factor, or look at the generator's memorisation audit")
     else:
         scorer = _Scorer(cfg, classifier_path, backbone, n_classes, real_features, real_labels, device,
                          snapshot_path)
         score = scorer.score_images(images, labels)
-        keep, short = scorer.select(labels, score, targets)
+        keep, short = scorer.select(labels, score, targets, copy)
         G = None
         while any(short.values()):
             if drawn >= cfg.max_draw_factor * sum(targets.values()):
@@ -145,14 +181,16 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
             images, labels = np.concatenate([images, new_images]), np.concatenate([labels, new_labels])
             seeds = np.concatenate([seeds, new_seeds])
             score = np.concatenate([score, scorer.score_images(new_images, new_labels)])
+            copy = np.concatenate([copy, is_copy(new_images)])
             drawn += len(new_labels)
-            keep, short = scorer.select(labels, score, targets)
+            keep, short = scorer.select(labels, score, targets, copy)
             print(f"[filter] {cfg.name}: drew {len(new_labels)} more images ({drawn} in all); short: {short}")
         scores = {"score": score}
     kept = np.bincount(labels[keep], minlength=n_classes)
     summary = {"filter": cfg.name, "settings": asdict(cfg), "pool": int(len(seeds) - drawn), "drawn": drawn,
                "target": {class_names[c]: n for c, n in targets.items()},
-               "kept": {class_names[c]: int(kept[c]) for c in range(n_classes)}}
+               "kept": {class_names[c]: int(kept[c]) for c in range(n_classes)},
+               **({"copies_excluded": int(copy.sum())} if cfg.exclude_copies else {})}
     write_store(out_path, images[keep], labels[keep], class_names, {"pool": str(pool_path), **summary},
                 extra={"pool_index": keep.astype(np.int64), "seeds": seeds[keep].astype(np.int64),
                        **{k: v[keep].astype(np.float64) for k, v in scores.items()}})
@@ -163,7 +201,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
 
 
 def filter_selected(cfg: FilterConfig, pool_path, train, subset, choice_path, out_path, summary_path, *,
-                    real, device: str, sampling=None) -> dict:
+                    real, device: str, sampling=None, reference=None) -> dict:
     """filter_pool on the pool of the selected snapshot (`choice_path`), against the real `subset` of
     the `train` store and its domain features (`real`: features.RealFeatures)."""
     from histosynth.checkpoint import selected_snapshot
@@ -175,4 +213,4 @@ def filter_selected(cfg: FilterConfig, pool_path, train, subset, choice_path, ou
     _, snapshot = selected_snapshot(choice_path)
     return filter_pool(cfg, pool_path, real_images, real_labels, load_stats(real.stats)["features"], real.extractor,
                        real.backbone, snapshot, out_path, summary_path, device=sampling_device(device),
-                       sampling=sampling)
+                       sampling=sampling, reference_path=reference)
