@@ -218,7 +218,7 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     changed = {**config, "filters": [*config["filters"], "realism_class"]}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 1, "quality": 1, "quality_table": 1}
     changed = {**config, "selection": {**config["selection"], "alpha": 0.9}}
-    downstream = {"generate": 1, "filter": 2, "quality": 2, "quality_table": 1, "convergence": 1}
+    downstream = {"generate": 1, "pool_features": 1, "filter": 2, "quality": 2, "quality_table": 1, "convergence": 1}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 1, **downstream}
     changed = {**config, "generation": {**config["generation"], "seed": 3}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == downstream

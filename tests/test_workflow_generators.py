@@ -60,7 +60,7 @@ def test_latent_diffusion_branch_and_what_its_settings_rerun(finished_run):
     # The sampler never retrains; the VAE retrains the denoiser; neither touches the classifiers.
     sampling = {**config, "generator": {**config["generator"],
                                         "ldm_dit": {**LDM_MICRO["generator"]["ldm_dit"], "sampling": {"steps": 5}}}}
-    downstream = {"generate": 1, "filter": 1, "quality": 1, "quality_table": 1, "convergence": 1}
+    downstream = {"generate": 1, "pool_features": 1, "filter": 1, "quality": 1, "quality_table": 1, "convergence": 1}
     assert scheduled_jobs(snakemake(tmp, sampling, "-n")) == {"score_checkpoints": 1, "select_checkpoint": 1,
                                                               **downstream}
     vae = {**config, "vae": {**LDM_MICRO["vae"], "epochs": 2}}
@@ -89,7 +89,7 @@ def test_editing_a_stages_code_reruns_that_stage_onward(finished_run):
     tmp, config = finished_run
     config = {**config, **LDM_MICRO}
     dit_branch = {"train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, "generate": 1, "filter": 1,
-                  "quality": 1, "quality_table": 1, "convergence": 1}
+                  "pool_features": 1, "quality": 1, "quality_table": 1, "convergence": 1}
     edited = _edited_copy(tmp / "dit_edit", "generative/models/dit", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == dit_branch
     # generative/models/vae.py is imported by no script: train_vae reaches it through vae_training, the

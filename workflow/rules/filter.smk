@@ -39,6 +39,7 @@ rule quality:
         unpack(inception_inputs),
         selected=f"{FILT}/selected.h5",
         pool=f"{GEN}/pool.h5",
+        pool_features=f"{GEN}/pool_features.npz",
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
         train=f"{RESULTS}/data/train.h5",

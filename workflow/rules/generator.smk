@@ -238,15 +238,38 @@ rule generate:
 
 # Is the selected snapshot near real-vs-real? Its first r·N_i pool images per class scored
 # like the reference: `converged` in convergence.json flags tables, figures and the report.
+rule pool_features:
+    input:
+        pool=f"{GEN}/pool.h5",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    output:
+        features=f"{GEN}/pool_features.npz",
+    params:
+        code=code("pool_features"),
+        backbone=config["selection"]["backbone"],
+        batch_size=config["selection"]["batch_size"],
+        device=lambda w: GENERATORS[w.generator]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
+    log:
+        f"{LOGS}/pool_features/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/pool_features.py"
+
+
 rule convergence:
     input:
         pool=f"{GEN}/pool.h5",
+        pool_features=f"{GEN}/pool_features.npz",
         choice=f"{GEN}/selected.json",
         curve=f"{GEN}/fid_curve.tsv",
         reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",
         train=f"{RESULTS}/data/train.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
-        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
     output:
         metrics=f"{GEN}/convergence.json",
@@ -260,12 +283,7 @@ rule convergence:
         ratio=config["generation"]["ratio"],
         metric=config["selection"]["metric"],
         alpha=config["selection"]["alpha"],
-        backbone=config["selection"]["backbone"],
-        batch_size=config["selection"]["batch_size"],
-        device=lambda w: GENERATORS[w.generator]["device"],
     threads: config["classifier"]["threads"]
-    resources:
-        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/convergence/{{generator}}_subset{{subset}}.log",
     conda:

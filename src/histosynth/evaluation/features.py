@@ -121,6 +121,31 @@ def save_stats(path, features: np.ndarray) -> None:
         np.savez(f, mu=mu, sigma=sigma, features=features.astype(np.float32))
 
 
+def write_pool_features(pool, real: "RealFeatures", out, *, batch_size: int, device: str) -> None:
+    """The domain features of every pool image (rule pool_features), extracted once for the
+    stages that measure the pool and its kept sets (convergence, quality)."""
+    from histosynth.data.store import read_store
+    from histosynth.torch_utils import sampling_device
+
+    images, _, class_names = read_store(pool)
+    features = extract_features(real.spaces(len(class_names))["domain"][0], images, batch_size,
+                                sampling_device(device))
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        np.savez(f, domain=features.astype(np.float32))
+
+
+def load_pool_features(path, n_images: int) -> np.ndarray:
+    """(n_images, D) float64 domain features of a pool (write_pool_features); an error if they do not fit it."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            features = z["domain"].astype(np.float64)
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"{path}: not a pool-features file ({e}); rerun pool_features") from e
+    if len(features) != n_images:
+        raise InputError(f"{path}: features of {len(features)} images for a pool of {n_images}; rerun pool_features")
+    return features
+
+
 def load_stats(path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as z:

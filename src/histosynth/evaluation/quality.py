@@ -605,18 +605,20 @@ def plot_feature_map(real_features, selected_features, rejected_features, path, 
     return used
 
 
-def measure_kept(selected_path, pool_path, train, subset_path, reference_path, metrics_path, plot_path,
+def measure_kept(selected_path, pool_path, pool_features_path, train, subset_path, reference_path, metrics_path,
+                 plot_path,
                  memorisation_path, pairs_path, *, real, generator: str, filter: str,  # noqa: A002
                  subset: int, quality: Mapping, batch_size: int, device: str, max_points: int) -> dict:
     """Quality of a filter's kept images against the real subset (`subset_path`, indices into the `train`
     store) in every feature space of `real` (features.RealFeatures), overall and per class; their
     memorisation audit against the copy thresholds of `reference_path` (every kept image's nearest
     training image, `memorisation_path`; the closest pairs, `pairs_path`); and the real / kept /
-    rejected feature map (domain)."""
+    rejected feature map (domain). Domain features of pool images come from `pool_features_path`
+    (rule pool_features); only images a threshold filter drew beyond the pool are extracted here."""
     from histosynth.data.split import read_subset
     from histosynth.data.store import read_extra, read_store, store_info
     from histosynth.evaluation import memorisation as mem
-    from histosynth.evaluation.features import extract_features
+    from histosynth.evaluation.features import extract_features, load_pool_features
     from histosynth.torch_utils import sampling_device
 
     device = sampling_device(device)
@@ -627,7 +629,14 @@ def measure_kept(selected_path, pool_path, train, subset_path, reference_path, m
     rejected = np.setdiff1d(np.arange(len(pool)), keep)  # images drawn beyond the pool were never rejected
     class_names = store_info(train).class_names
     spaces = real.spaces(len(class_names))
-    features = {space: (stats["features"], extract_features(extractor, selected, batch_size, device))
+    pool_features = load_pool_features(pool_features_path, len(pool))
+    in_pool = keep < len(pool)
+    kept_domain = np.empty((len(selected), pool_features.shape[1]))
+    kept_domain[in_pool] = pool_features[keep[in_pool]]
+    if not in_pool.all():  # drawn beyond the pool by a threshold filter
+        kept_domain[~in_pool] = extract_features(spaces["domain"][0], selected[~in_pool], batch_size, device)
+    features = {space: (stats["features"], kept_domain if space == "domain"
+                        else extract_features(extractor, selected, batch_size, device))
                 for space, (extractor, stats) in spaces.items()}
     with open(reference_path) as f:
         thresholds = json.load(f)["memorisation"]["thresholds"]
@@ -639,8 +648,7 @@ def measure_kept(selected_path, pool_path, train, subset_path, reference_path, m
     result = write_quality(metrics_path, features, generator=generator, filter=filter, subset=subset,
                            k=quality["k"], kid_subsets=quality["kid_subsets"], seed=quality["seed"],
                            labels=(real_labels, selected_labels, class_names), memorisation=copies)
-    domain = spaces["domain"][0]
-    rejected_features = extract_features(domain, pool[rejected], batch_size, device) if len(rejected) else None
+    rejected_features = pool_features[rejected] if len(rejected) else None
     plot_feature_map(*features["domain"], rejected_features, plot_path,
                      f"{generator}, subset {subset}, filter {filter}", seed=quality["seed"], max_points=max_points)
     return result

@@ -179,12 +179,13 @@ def measure_reference(train, subset, valid, out, *, real, subset_index: int, ima
                            subset=subset_index, quality=quality, labels=labels, memorisation=memorisation)
 
 
-def judge_convergence(pool_path, choice_path, curve_path, reference_path, train, subset, out, plot_path,
-                      memorisation_path, *, real, generator: str, subset_index: int, ratio: float, quality: Mapping,
-                      converged: Mapping, metric: str, alpha: float, batch_size: int, device: str) -> dict:
-    """Is the selected snapshot near real-vs-real? Its pool's first r·N_i per class scored like the
-    reference, the verdict written with the memorisation audit of the whole pool (every image's nearest
-    training image: `memorisation_path`), and the checkpoint curve drawn against the reference."""
+def judge_convergence(pool_path, pool_features_path, choice_path, curve_path, reference_path, train, subset, out,
+                      plot_path, memorisation_path, *, real_stats, generator: str, subset_index: int, ratio: float,
+                      quality: Mapping, converged: Mapping, metric: str, alpha: float) -> dict:
+    """Is the selected snapshot near real-vs-real? Its pool's first r·N_i per class (domain features:
+    `pool_features_path`) scored like the reference against the subset's (`real_stats`), the verdict
+    written with the memorisation audit of the whole pool (every image's nearest training image:
+    `memorisation_path`), and the checkpoint curve drawn against the reference."""
     import json
 
     import pandas as pd
@@ -192,9 +193,8 @@ def judge_convergence(pool_path, choice_path, curve_path, reference_path, train,
     from histosynth.checkpoint import selected_snapshot
     from histosynth.data.split import read_subset
     from histosynth.data.store import read_store
-    from histosynth.evaluation.features import extract_features
+    from histosynth.evaluation.features import load_pool_features, load_stats
     from histosynth.evaluation.selection import plot_curve
-    from histosynth.torch_utils import sampling_device
 
     train_images, labels, class_names = read_store(train, read_subset(subset))
     with open(reference_path) as f:
@@ -202,8 +202,8 @@ def judge_convergence(pool_path, choice_path, curve_path, reference_path, train,
     epoch, _ = selected_snapshot(choice_path)
     pool, pool_labels, _ = read_store(pool_path)
     draw = first_per_class(pool_labels, target_counts(labels, len(class_names), ratio))
-    extractor, stats = real.spaces(len(class_names))["domain"]
-    pool_features = extract_features(extractor, pool, batch_size, sampling_device(device))  # once, for both
+    stats = load_stats(real_stats)
+    pool_features = load_pool_features(pool_features_path, len(pool))  # rule pool_features
     copies, _ = mem.measure(pool, pool_features, pool_labels, class_names,
                             mem.training_spaces(train_images, stats["features"]),
                             reference["memorisation"]["thresholds"], memorisation_path)
