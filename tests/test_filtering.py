@@ -65,7 +65,7 @@ def test_threshold_filter_draws_more_until_the_target_is_met(setup, tmp_path, mo
     # One image in 8 passes: the pool (16 per class) gives 2 of the 4 wanted per class,
     # so 32 more per class are drawn from the generator, of which 4 pass.
     monkeypatch.setattr(filtering._Scorer, "_realism",
-                        lambda self, images, labels: (np.arange(len(images)) % 8 == 0).astype(float))
+                        lambda self, images, labels, features=None: (np.arange(len(images)) % 8 == 0).astype(float))
     summary, images, labels = run(setup, tmp_path, name="realism", batch_size=16, realism_threshold=0.5)
     assert np.bincount(labels).tolist() == [4, 4] and summary["drawn"] == 64
     idx = read_extra(tmp_path / "selected.h5", "pool_index")
@@ -132,3 +132,22 @@ def test_exclude_copies_passes_over_the_likely_copies(setup, tmp_path, name):
                           tmp / "model.pt", "resnet18", snapshot, tmp_path / "plain.h5", tmp_path / "plain.json")
     assert "copies_excluded" not in without
     assert read_extra(tmp_path / "plain.h5", "pool_index").tolist()[:2] == [0, 1]  # off: copies kept
+
+
+@pytest.mark.parametrize("name", ["realism", "realism_class"])
+def test_cached_pool_features_give_the_same_selection(setup, tmp_path, name):
+    """The pool's features from rule pool_features stand in for extracting them again."""
+    tmp, x, y, real_features, snapshot = setup
+    pool, _, _ = read_store(tmp / "pool.h5")
+    cached = extract_features(domain_extractor(tmp / "model.pt", "resnet18", 2), pool)
+    cfg = FilterConfig(name=name, batch_size=16, realism_threshold=0.5)
+    kept = []
+    for i, features in enumerate((None, cached)):
+        filter_pool(cfg, tmp / "pool.h5", x, y, real_features, tmp / "model.pt", "resnet18", snapshot,
+                    tmp_path / f"s{i}.h5", tmp_path / f"s{i}.json", pool_features=features)
+        kept.append(read_extra(tmp_path / f"s{i}.h5", "pool_index").tolist())
+    assert kept[0] == kept[1]
+    # and they are what is read: features far from every real one fail the whole pool, so all is drawn anew
+    summary = filter_pool(cfg, tmp / "pool.h5", x, y, real_features, tmp / "model.pt", "resnet18", snapshot,
+                          tmp_path / "far.h5", tmp_path / "far.json", pool_features=cached + 1e3)
+    assert (read_extra(tmp_path / "far.h5", "pool_index") >= len(pool)).all() and summary["drawn"] > 0

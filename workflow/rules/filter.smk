@@ -8,6 +8,7 @@ rule filter:
     input:
         unpack(copy_thresholds),
         pool=f"{GEN}/pool.h5",
+        pool_features=f"{GEN}/pool_features.npz",
         choice=f"{GEN}/selected.json",
         train=f"{RESULTS}/data/train.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",

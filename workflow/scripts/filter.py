@@ -8,4 +8,4 @@ with job(snakemake) as smk:  # noqa: F821
     i, o, p = smk.input, smk.output, smk.params
     filter_selected(FilterConfig(**p.cfg), i.pool, i.train, i.subset, i.choice, o.selected, o.summary,
                     real=RealFeatures(i.extractor, i.stats, p.backbone), device=p.device, sampling=p.sampling,
-                    reference=i.get("reference"))
+                    reference=i.get("reference"), pool_features=i.pool_features)

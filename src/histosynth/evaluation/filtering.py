@@ -60,7 +60,7 @@ class _Scorer:
         classify = _critic(snapshot_path, self.device) if cfg.name == "confidence" else None
         if classify is not None:
             # ViT-cGAN's own class head judges its images (vit-cgan-unified-framework.md Algorithm 2).
-            self.score_images = lambda x, y: classify(x, cfg.batch_size)[np.arange(len(y)), y]
+            self.score_images = lambda x, y, features=None: classify(x, cfg.batch_size)[np.arange(len(y)), y]
         elif cfg.name == "confidence":
             model = build_classifier(backbone, n_classes)
             try:
@@ -68,15 +68,15 @@ class _Scorer:
             except Exception as e:
                 raise InputError(f"{classifier_path}: not a {backbone} classifier with {n_classes} classes ({e})") from e
             model.to(self.device)
-            self.score_images = lambda x, y: predict_proba(model, eval_batches(x, cfg.batch_size, self.device))[
-                np.arange(len(y)), y]
+            self.score_images = lambda x, y, features=None: predict_proba(
+                model, eval_batches(x, cfg.batch_size, self.device))[np.arange(len(y)), y]
         else:
             extractor = domain_extractor(classifier_path, backbone, n_classes)
             self.features = lambda x: extract_features(extractor, x, cfg.batch_size, self.device)
             self.score_images = self._realism
 
-    def _realism(self, images, labels):
-        fake = self.features(images)
+    def _realism(self, images, labels, features=None):
+        fake = self.features(images) if features is None else features
         k = self.cfg.realism_k
         if self.cfg.name == "realism_class":
             return filters.per_class_realism(self.real_features, self.real_labels, fake, labels, realism_score, k=k)
@@ -95,7 +95,7 @@ def _copy_audit(cfg: FilterConfig, reference_path, real_images, real_features, c
     """images -> which are likely copies of a training image: the memorisation audit of the quality
     stage, with its thresholds (reference.json); or, without exclude_copies, none are."""
     if not cfg.exclude_copies:
-        return lambda images: np.zeros(len(images), dtype=bool)
+        return lambda images, features=None: np.zeros(len(images), dtype=bool)
     if reference_path is None:
         raise InputError(f"filter '{cfg.name}': exclude_copies needs the reference file with the copy thresholds")
     import json
@@ -107,8 +107,12 @@ def _copy_audit(cfg: FilterConfig, reference_path, real_images, real_features, c
         thresholds = json.load(f)["memorisation"]["thresholds"]
     extractor = domain_extractor(classifier_path, backbone, n_classes)
     train = mem.training_spaces(real_images, real_features)
-    return lambda images: mem.audit(mem.image_spaces(images, extract_features(extractor, images, cfg.batch_size,
-                                                                              device)), train, thresholds)["copy"]
+    def is_copy(images, features=None):
+        if features is None:
+            features = extract_features(extractor, images, cfg.batch_size, device)
+        return mem.audit(mem.image_spaces(images, features), train, thresholds)["copy"]
+
+    return is_copy
 
 
 def _critic(snapshot_path, device):
@@ -127,10 +131,12 @@ def _critic(snapshot_path, device):
 
 def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labels: np.ndarray,
                 real_features: np.ndarray, classifier_path, backbone: str, snapshot_path, out_path, summary_path,
-                device="cpu", sampling=None, reference_path=None) -> dict:
+                device="cpu", sampling=None, reference_path=None, pool_features=None) -> dict:
     """Select r·N_i images per class from the pool at `pool_path`; write them (+ scores) and a summary.
 
     `sampling`: latent diffusion's sampler settings, for images drawn beyond the pool.
+    `pool_features`: the pool's domain features (rule pool_features), for the realism scores and
+    the audit, so only images drawn beyond the pool are extracted here.
     `reference_path`: reference.json, whose copy thresholds exclude_copies applies: the likely
     copies are passed over (`none`: the next pool images; `selective`: ranked last in both
     halvings; threshold filters: they fail, and images drawn beyond the pool are audited too)."""
@@ -140,7 +146,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
     targets = target_counts(real_labels, n_classes, cfg.ratio)
     is_copy = _copy_audit(cfg, reference_path, real_images, real_features, classifier_path, backbone, n_classes,
                           device)
-    copy = is_copy(images)
+    copy = is_copy(images, pool_features)
     scores: dict[str, np.ndarray] = {}
     drawn = 0
     if cfg.name == "none":
@@ -161,7 +167,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
     else:
         scorer = _Scorer(cfg, classifier_path, backbone, n_classes, real_features, real_labels, device,
                          snapshot_path)
-        score = scorer.score_images(images, labels)
+        score = scorer.score_images(images, labels, pool_features)  # features: realism filters only
         keep, short = scorer.select(labels, score, targets, copy)
         G = None
         while any(short.values()):
@@ -201,16 +207,18 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
 
 
 def filter_selected(cfg: FilterConfig, pool_path, train, subset, choice_path, out_path, summary_path, *,
-                    real, device: str, sampling=None, reference=None) -> dict:
+                    real, device: str, sampling=None, reference=None, pool_features=None) -> dict:
     """filter_pool on the pool of the selected snapshot (`choice_path`), against the real `subset` of
     the `train` store and its domain features (`real`: features.RealFeatures)."""
     from histosynth.checkpoint import selected_snapshot
     from histosynth.data.split import read_subset
-    from histosynth.evaluation.features import load_stats
+    from histosynth.evaluation.features import load_pool_features, load_stats
     from histosynth.torch_utils import sampling_device
 
     real_images, real_labels, _ = read_store(train, read_subset(subset))
     _, snapshot = selected_snapshot(choice_path)
     return filter_pool(cfg, pool_path, real_images, real_labels, load_stats(real.stats)["features"], real.extractor,
                        real.backbone, snapshot, out_path, summary_path, device=sampling_device(device),
-                       sampling=sampling, reference_path=reference)
+                       sampling=sampling, reference_path=reference,
+                       pool_features=None if pool_features is None else load_pool_features(
+                           pool_features, len(read_extra(pool_path, "seeds"))))
