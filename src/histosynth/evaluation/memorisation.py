@@ -53,11 +53,13 @@ def pixel_space(images: np.ndarray, size: int = PIXEL_SIZE) -> np.ndarray:
     return x
 
 
-def dihedral_pixel_spaces(images: np.ndarray, size: int = PIXEL_SIZE) -> list[np.ndarray]:
-    """pixel_space of the images under each of the 8 flips and 90-degree turns."""
+def dihedral_pixel_spaces(images: np.ndarray, size: int = PIXEL_SIZE):
+    """pixel_space of the images under each of the 8 flips and 90-degree turns, one at a time (a
+    generator: the 8 at once would hold 8x the pixel vectors of a pool of 50 000 images)."""
     images = np.asarray(images)
-    return [pixel_space(np.ascontiguousarray(np.rot90(flipped, k, axes=(1, 2))), size)
-            for flipped in (images, images[:, :, ::-1]) for k in range(4)]
+    for flipped in (images, images[:, :, ::-1]):
+        for k in range(4):
+            yield pixel_space(np.ascontiguousarray(np.rot90(flipped, k, axes=(1, 2))), size)
 
 
 def nearest(query: np.ndarray, reference: np.ndarray, *, block_size: int = KNN_BLOCK_SIZE
@@ -75,19 +77,25 @@ def nearest(query: np.ndarray, reference: np.ndarray, *, block_size: int = KNN_B
 
 
 def _nearest_in(space: str, query, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest training image in one space; `pixel` queries are the 8 transforms, the nearest one counts."""
+    """Nearest training image in one space; a `pixel` query is the uint8 images, whose 8 flips and
+    turns are each searched (the nearest counts)."""
     if space != "pixel":
         return nearest(query, train)
-    found = [nearest(q, train) for q in query]
-    best = np.argmin(np.stack([d for _, d in found]), axis=0)
-    rows = np.arange(len(best))
-    return np.stack([i for i, _ in found])[best, rows], np.stack([d for _, d in found])[best, rows]
+    index, distance = None, None
+    for vectors in dihedral_pixel_spaces(query):
+        i, d = nearest(vectors, train)
+        if index is None:
+            index, distance = i, d
+        else:
+            nearer = d < distance
+            index[nearer], distance[nearer] = i[nearer], d[nearer]
+    return index, distance
 
 
 def copy_thresholds(valid: Mapping[str, object], train: Mapping[str, np.ndarray],
                     percentile: float = COPY_PERCENTILE) -> dict[str, float]:
     """{space: the `percentile`-th percentile of the validation images' nearest-training distances}.
-    `valid`: {"domain": features, "pixel": dihedral_pixel_spaces(images)}, as for audit."""
+    `valid`: image_spaces(its images, its domain features), as for audit."""
     return {space: float(np.percentile(_nearest_in(space, valid[space], train[space])[1], percentile))
             for space in SPACES}
 
@@ -96,7 +104,7 @@ def audit(synthetic: Mapping[str, object], train: Mapping[str, np.ndarray],
           thresholds: Mapping[str, float]) -> dict[str, np.ndarray]:
     """Per synthetic image: `<space>_index` / `<space>_distance` of its nearest training image in each
     space, and `copy`, True when both distances are below their space's threshold. `synthetic`:
-    {"domain": features, "pixel": dihedral_pixel_spaces(images)}; `train`: training_spaces."""
+    image_spaces(images, domain features); `train`: training_spaces."""
     out, copy = {}, None
     for space in SPACES:
         index, distance = _nearest_in(space, synthetic[space], train[space])
@@ -132,9 +140,10 @@ def training_spaces(train_images: np.ndarray, train_features: np.ndarray) -> dic
     return {"domain": np.asarray(train_features), "pixel": pixel_space(train_images)}
 
 
-def image_spaces(images: np.ndarray, domain_features: np.ndarray) -> dict[str, object]:
-    """A set to audit (or the validation images to calibrate on) in both spaces."""
-    return {"domain": np.asarray(domain_features), "pixel": dihedral_pixel_spaces(images)}
+def image_spaces(images: np.ndarray, domain_features: np.ndarray) -> dict[str, np.ndarray]:
+    """A set to audit (or the validation images to calibrate on): its domain features, and its uint8
+    images, which the pixel search turns and flips one transform at a time."""
+    return {"domain": np.asarray(domain_features), "pixel": np.asarray(images)}
 
 
 def measure(images: np.ndarray, domain_features: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
