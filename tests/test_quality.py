@@ -93,8 +93,9 @@ def test_write_quality_errors(tmp_path):
     kw = dict(generator="histogan", filter="none", subset=0)
     with pytest.raises(InputError, match="domain"):
         write_quality(p, {"inception": (real, fake)}, **kw)
-    with pytest.raises(InputError, match="unknown feature space"):
-        write_quality(p, {"domain": (real, fake), "clip": (real, fake)}, **kw)
+    for bad in ("pixel", "Bad-Name"):  # a name the files use for something else, or no identifier
+        with pytest.raises(InputError, match="unknown feature space"):
+            write_quality(p, {"domain": (real, fake), bad: (real, fake)}, **kw)
     with pytest.raises(InputError, match="inception features: .*dimension"):
         write_quality(p, {"domain": (real, fake), "inception": (real, fake[:, :3])}, **kw)
     assert not p.exists()

@@ -237,6 +237,22 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     for name in GAN_MICRO["filters"]:
         summary = json.loads((gen / f"filters/{name}/summary.json").read_text())
         assert summary["copies_excluded"] >= 0 and summary["kept"] == {"normal": 5, "tumor": 5}
+    # A lab's own encoder (a TorchScript file): checked at start-up, then one more feature space.
+    missing = {**config, "quality": {**config["quality"], "encoders": {"lab": {"path": str(tmp / "none.pt")}}}}
+    proc = snakemake(tmp, missing, "-n", check=False)
+    assert proc.returncode != 0 and "quality.encoders.lab.path" in proc.stdout + proc.stderr
+    from test_encoders import scripted
+
+    encoder = {"lab": {"path": str(scripted(tmp)), "image_size": 32}}
+    with_encoder = {**changed, "quality": {**config["quality"], "encoders": encoder}}
+    assert scheduled_jobs(snakemake(tmp, with_encoder, "-n")) == {
+        "encoder_stats": 1, "reference_quality": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
+    snakemake(tmp, with_encoder)
+    scores = pd.read_csv(gen / "checkpoint_scores.tsv", sep="\t")
+    assert {"fid_lab", "kid_lab", "precision_lab", "recall_lab"} <= set(scores.columns)
+    q = json.loads((gen / f"filters/{GAN_MICRO['filters'][0]}/quality.json").read_text())
+    assert q["lab"]["n_real"] == 20 and set(q["per_class"]["normal"]) == {"domain", "lab"}
+    assert "FID lab" in (tmp / "results/pcam/tables/quality.md").read_text().splitlines()[0]
 
 
 SYNTHETIC_STRATEGIES = ["augment", "transfer", "synthetic_only"]

@@ -15,10 +15,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import tempfile
+import zipfile
 from pathlib import Path
 
 import jsonschema
 import yaml
+
+from histosynth.errors import InputError
 
 # The package runs from its checkout (src layout, installed editable by the Makefile), beside the workflow.
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -101,3 +104,17 @@ def train_config(family: str, **overrides):
     # threads, gpus and sampling are the job's resources and the sampler, not training settings.
     settings = {k: v for k, v in section_defaults("generator", family).items() if k in names}
     return GANTrainConfig(**{**settings, "family": family, **overrides})
+
+
+def check_encoder_file(name: str, path) -> None:
+    """A clear error at start-up, without importing torch: `path` must be a TorchScript archive."""
+    key = f"quality.encoders.{name}.path"
+    if not Path(path).is_file():
+        raise InputError(f"{key}: {path} does not exist (export the encoder once with torch.jit.script or "
+                         "torch.jit.trace and .save(); nothing is downloaded)")
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{key}: {path} is not a TorchScript file (torch.jit.save writes a zip archive)")
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    if not any(n.endswith("/data.pkl") for n in names) or not any("/code/" in n for n in names):
+        raise InputError(f"{key}: {path} is a zip archive but not a TorchScript module (no code/ and data.pkl)")

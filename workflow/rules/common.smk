@@ -13,6 +13,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 from histosynth.data.download import expected_files  # noqa: E402
+from histosynth.config_schema import check_encoder_file  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
 from histosynth.generative.families import FAMILIES, family_schema  # noqa: E402
 from histosynth.registry import FILTER_ALIASES, FILTERS, STRATEGIES, filter_name  # noqa: E402
@@ -42,6 +43,20 @@ if INCEPTION and not Path(INCEPTION).is_file():
 if config["selection"]["metric"].endswith("_inception") and not INCEPTION:
     raise ValueError(f"config selection.metric is {config['selection']['metric']!r}, which needs "
                      "selection.inception_weights to name an existing file")
+# A lab's own encoders (TorchScript files): every entry's file checked here, at start-up.
+ENCODERS = config["quality"]["encoders"]
+for _name, _enc in ENCODERS.items():
+    _enc.setdefault("image_size", 224)
+    _enc.setdefault("mean", [0.485, 0.456, 0.406])
+    _enc.setdefault("std", [0.229, 0.224, 0.225])
+    try:
+        check_encoder_file(_name, _enc["path"])
+    except InputError as e:
+        raise ValueError(f"config {e}") from None
+_space = config["selection"]["metric"].split("_", 1)[1] if "_" in config["selection"]["metric"] else "domain"
+if _space not in ("domain", "inception", *ENCODERS):
+    raise ValueError(f"config selection.metric is {config['selection']['metric']!r}: '{_space}' is neither "
+                     f"inception nor an encoder of quality.encoders ({sorted(ENCODERS) or 'none configured'})")
 # Old filter names (histosynth.registry.FILTER_ALIASES) still run, under their new names.
 for _old in [f for f in config["filters"] if f in FILTER_ALIASES]:
     print(f"histosynth: filter '{_old}' is now called '{FILTER_ALIASES[_old]}' (results under "
@@ -74,6 +89,7 @@ wildcard_constraints:
     subset=r"\d+",
     seed=r"\d+",
     generator=r"[a-z][a-z0-9_]*",
+    encoder=r"[a-z][a-z0-9_]*",
     filter="|".join(sorted(FILTERS, key=len, reverse=True)),  # realism_class before realism
 
 ENV = "../../envs/histosynth.yaml"
@@ -155,6 +171,12 @@ def inception_inputs(wildcards):
         return {}
     return {"inception_stats": f"{RESULTS}/feature_extractor/subset{wildcards.subset}/inception_stats.npz",
             "inception_weights": INCEPTION}
+
+
+def encoder_inputs(wildcards):
+    """The real subset's statistics in every configured encoder's space (rule encoder_stats)."""
+    return {f"encoder_{name}": f"{RESULTS}/feature_extractor/subset{wildcards.subset}/encoder_{name}.npz"
+            for name in ENCODERS}
 
 
 def quality_params():

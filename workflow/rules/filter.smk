@@ -38,6 +38,7 @@ rule filter:
 rule quality:
     input:
         unpack(inception_inputs),
+        unpack(encoder_inputs),
         selected=f"{FILT}/selected.h5",
         pool=f"{GEN}/pool.h5",
         pool_features=f"{GEN}/pool_features.npz",
@@ -57,6 +58,7 @@ rule quality:
                      labels={"generator": "{generator}", "subset": "{subset}", "filter": "{filter}"}),
     params:
         code=code("quality"),
+        encoders=ENCODERS,
         quality=quality_params(),
         max_points=config["quality"]["max_points"],
         backbone=config["selection"]["backbone"],

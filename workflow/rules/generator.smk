@@ -53,11 +53,35 @@ rule inception_stats:
         "../scripts/inception_stats.py"
 
 
+rule encoder_stats:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        encoder=lambda w: ENCODERS[w.encoder]["path"],
+    output:
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/encoder_{{encoder}}.npz",
+    params:
+        code=code("encoder_stats"),
+        encoder=lambda w: ENCODERS[w.encoder],
+        batch_size=config["selection"]["batch_size"],
+        device=config["classifier"]["device"],
+    threads: config["classifier"]["threads"]
+    resources:
+        gpu=1 if config["classifier"]["device"] != "cpu" else 0,
+    log:
+        f"{LOGS}/encoder_stats/subset{{subset}}_{{encoder}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/encoder_stats.py"
+
+
 # Real validation vs real training subset, drawn as the synthetic sets are: the reference
 # line of every FID curve and the first row of the quality table (histosynth.evaluation.reference).
 rule reference_quality:
     input:
         unpack(inception_inputs),
+        unpack(encoder_inputs),
         train=f"{RESULTS}/data/train.h5",
         valid=f"{RESULTS}/data/valid.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
@@ -67,6 +91,7 @@ rule reference_quality:
         reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",
     params:
         code=code("reference_quality"),
+        encoders=ENCODERS,
         backbone=config["selection"]["backbone"],
         images_per_class=config["selection"]["images_per_class"],
         ratio=config["generation"]["ratio"],
@@ -164,6 +189,7 @@ rule train_generator:
 rule score_checkpoints:
     input:
         unpack(inception_inputs),
+        unpack(encoder_inputs),
         losses=f"{GEN}/losses.tsv",
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
         stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
@@ -173,6 +199,7 @@ rule score_checkpoints:
         scores=f"{GEN}/checkpoint_scores.tsv",
     params:
         code=lambda w: code("score_checkpoints", w.generator),
+        encoders=ENCODERS,
         backbone=config["selection"]["backbone"],
         images_per_class=config["selection"]["images_per_class"],
         batch_size=config["selection"]["batch_size"],

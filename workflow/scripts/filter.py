@@ -1,6 +1,6 @@
 # Rule filter: keep r·N_i images per class from the pool (none, HistoGAN selective, realism,
 # class realism, confidence), drawing more from the generator when a filter runs short.
-from histosynth.evaluation.features import RealFeatures
+from histosynth.evaluation.spaces import RealFeatures
 from histosynth.evaluation.filtering import FilterConfig, filter_selected
 from histosynth.job import job
 

@@ -1,6 +1,7 @@
 # Rule pool_features: the domain features of every pool image, extracted once for the stages
 # that measure the pool and its kept sets (convergence, quality).
-from histosynth.evaluation.features import RealFeatures, write_pool_features
+from histosynth.evaluation.features import write_pool_features
+from histosynth.evaluation.spaces import RealFeatures
 from histosynth.job import job
 
 with job(snakemake) as smk:  # noqa: F821

@@ -1,6 +1,6 @@
 # Rule vae_quality: the VAE's reconstructions of the reference's validation draw, the FID that
 # bounds latent diffusion.
-from histosynth.evaluation.features import RealFeatures
+from histosynth.evaluation.spaces import RealFeatures
 from histosynth.evaluation.vae_quality import measure_vae
 from histosynth.job import job
 

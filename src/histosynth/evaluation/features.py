@@ -12,7 +12,6 @@ Two extractors:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
@@ -121,9 +120,10 @@ def save_stats(path, features: np.ndarray) -> None:
         np.savez(f, mu=mu, sigma=sigma, features=features.astype(np.float32))
 
 
-def write_pool_features(pool, real: "RealFeatures", out, *, batch_size: int, device: str) -> None:
+def write_pool_features(pool, real, out, *, batch_size: int, device: str) -> None:
     """The domain features of every pool image (rule pool_features), extracted once for the
-    stages that measure the pool and its kept sets (convergence, quality)."""
+    stages that measure the pool and its kept sets (convergence, quality); `real`:
+    spaces.RealFeatures."""
     from histosynth.data.store import read_store
     from histosynth.torch_utils import sampling_device
 
@@ -152,25 +152,6 @@ def load_stats(path) -> dict[str, np.ndarray]:
             return {k: z[k] for k in ("mu", "sigma", "features")}
     except (OSError, ValueError, KeyError) as e:
         raise InputError(f"{path}: not a feature-statistics file ({e}); rerun the stage that wrote it") from e
-
-
-@dataclass(frozen=True)
-class RealFeatures:
-    """The files a measuring stage reads the real subset's feature spaces from: the domain
-    extractor and its statistics, and pytorch-fid's Inception when both of its files are given."""
-
-    extractor: str
-    stats: str
-    backbone: str
-    inception_weights: str | None = None
-    inception_stats: str | None = None
-
-    def spaces(self, n_classes: int) -> dict[str, tuple[nn.Module, dict[str, np.ndarray]]]:
-        """{space: (extractor, real statistics)}, "domain" first."""
-        spaces = {"domain": (domain_extractor(self.extractor, self.backbone, n_classes), load_stats(self.stats))}
-        if self.inception_weights and self.inception_stats:
-            spaces["inception"] = (inception_extractor(self.inception_weights), load_stats(self.inception_stats))
-        return spaces
 
 
 def train_domain_extractor(train, subset, valid, test, *, metrics, history, model, stats, resume, cfg) -> None:

@@ -209,7 +209,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
 def filter_selected(cfg: FilterConfig, pool_path, train, subset, choice_path, out_path, summary_path, *,
                     real, device: str, sampling=None, reference=None, pool_features=None) -> dict:
     """filter_pool on the pool of the selected snapshot (`choice_path`), against the real `subset` of
-    the `train` store and its domain features (`real`: features.RealFeatures)."""
+    the `train` store and its domain features (`real`: spaces.RealFeatures)."""
     from histosynth.checkpoint import selected_snapshot
     from histosynth.data.split import read_subset
     from histosynth.evaluation.features import load_pool_features, load_stats

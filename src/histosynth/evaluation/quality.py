@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -47,7 +48,9 @@ __all__ = [
 ]
 
 SPACES = ("domain", "inception")
-"""Feature spaces, in table order; ``domain`` is required, ``inception`` optional."""
+"""Feature spaces, in table order; ``domain`` is required, ``inception`` optional; the lab's own
+encoders (quality.encoders, histosynth.evaluation.spaces) follow under their names."""
+NOT_SPACES = ("pixel", "memorisation", "vae", "per_class")  # keys the files use for other things
 
 METRICS = ("fid", "kid", "kid_std", "precision", "recall", "f1", "density", "coverage", "realism")
 """Keys of :func:`quality_metrics`' result (plus n_real, n_fake in the JSON)."""
@@ -170,9 +173,10 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
     """
     if not isinstance(spaces, Mapping):
         raise InputError(f"spaces must map a feature space to (real, fake) features, got {type(spaces).__name__}")
-    unknown = [s for s in spaces if s not in SPACES]
+    unknown = [s for s in spaces if s in NOT_SPACES or not re.fullmatch(r"[a-z][a-z0-9_]*", str(s))]
     if unknown:
-        raise InputError(f"unknown feature space(s) {unknown}; expected some of {list(SPACES)}")
+        raise InputError(f"unknown feature space(s) {unknown}; expected some of {list(SPACES)} or an encoder's name "
+                         "(quality.encoders)")
     if spaces.get("domain") is None:
         raise InputError("quality metrics need the 'domain' features (real, fake)")
     for name, value in (("generator", generator), ("filter", filter)):
@@ -183,7 +187,7 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
     result = {"generator": generator, "filter": filter,
               "subset": int(subset) if isinstance(subset, np.integer) else subset,
               "k": k, "kid_subsets": kid_subsets, "kid_subset_size": kid_subset_size, "seed": seed}
-    for space in SPACES:
+    for space in [*SPACES, *(s for s in spaces if s not in SPACES)]:
         pair = spaces.get(space)
         if pair is None:
             continue
@@ -198,9 +202,9 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
         result[space] = {**metrics, "n_real": len(real), "n_fake": len(fake)}
     if labels is not None:
         real_labels, fake_labels, class_names = labels
-        per_space = {space: class_quality(real, real_labels, fake, fake_labels, class_names, k=k,
+        per_space = {space: class_quality(*pair[:1], real_labels, *pair[1:], fake_labels, class_names, k=k,
                                           kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
-                     for space, (real, fake) in ((s, spaces[s]) for s in SPACES if spaces.get(s) is not None)}
+                     for space, pair in spaces.items() if pair is not None}
         result["per_class"] = {str(name): {space: per_space[space][str(name)] for space in per_space}
                                for name in class_names}
     if memorisation is not None:
@@ -231,11 +235,18 @@ def _metric_columns(block, path, space: str) -> dict[str, float]:
     return out
 
 
+def _spaces_in(block: dict) -> list[str]:
+    """domain, inception, then any encoder space a JSON block holds metrics of."""
+    extra = [k for k, v in block.items() if isinstance(v, dict) and "fid" in v and k not in SPACES]
+    return [*SPACES, *extra]
+
+
 def _class_rows(head: dict, q: dict, path) -> list[dict]:
     """The overall row (class "") of a JSON with metrics per space, then one row per class of its `per_class`;
     the memorisation audit's copy rate (`memorisation_copies`, NaN without one) in both."""
     copies = q.get("memorisation") or {}
-    rows = [{**head, "class": "", **{k: v for space in SPACES for k, v in _metric_columns(q.get(space), path, space).items()},
+    rows = [{**head, "class": "", **{k: v for space in _spaces_in(q)
+                                     for k, v in _metric_columns(q.get(space), path, space).items()},
              "memorisation_copies": float(copies.get("copy_rate", math.nan))}]
     per_class = q.get("per_class") or {}
     if not isinstance(per_class, dict):
@@ -244,7 +255,8 @@ def _class_rows(head: dict, q: dict, path) -> list[dict]:
         if not isinstance(blocks, dict):
             raise InputError(f"{path}: per_class '{name}' must be an object of feature spaces")
         rows.append({**head, "class": str(name),
-                     **{k: v for space in SPACES for k, v in _metric_columns(blocks.get(space), path, space).items()},
+                     **{k: v for space in _spaces_in(blocks)
+                        for k, v in _metric_columns(blocks.get(space), path, space).items()},
                      "memorisation_copies": float(copies.get("per_class", {}).get(str(name), math.nan))})
     return rows
 
@@ -331,9 +343,23 @@ def _mean_std(sub: pd.DataFrame) -> dict:
     return out
 
 
+def _column(space: str, metric: str) -> tuple[str, float, bool]:
+    """(label, scale, higher is better) of a table column; an encoder's FID and KID by its name."""
+    if (space, metric) in COLUMNS:
+        return COLUMNS[(space, metric)]
+    return {"fid": (f"FID {space} ↓", 1.0, False), "kid": (f"KID {space} ×10³ ↓", 1e3, False)}[metric]
+
+
 def _shown_columns(table: pd.DataFrame) -> list[tuple[str, str]]:
-    """The (space, metric) columns any row of `table` has (Inception and VAE only when present)."""
-    return [c for c in COLUMNS if f"{c[0]}_{c[1]}_mean" in table and table[f"{c[0]}_{c[1]}_mean"].notna().any()]
+    """The (space, metric) columns any row of `table` has (Inception, VAE and encoders only when present;
+    an encoder shows its FID and KID, after Inception's; every metric of it is in the TSV)."""
+    known = {space for space, _ in COLUMNS} | {"memorisation"}
+    encoders = sorted({c[: -len("_fid_mean")] for c in table.columns
+                       if c.endswith("_fid_mean") and c[: -len("_fid_mean")] not in known})
+    candidates = list(COLUMNS)
+    at = candidates.index(("inception", "kid")) + 1
+    candidates[at:at] = [(e, m) for e in encoders for m in ("fid", "kid")]
+    return [c for c in candidates if f"{c[0]}_{c[1]}_mean" in table and table[f"{c[0]}_{c[1]}_mean"].notna().any()]
 
 
 def _items(table: pd.DataFrame, group_by: str, convergence=None, shown=None,
@@ -350,7 +376,7 @@ def _items(table: pd.DataFrame, group_by: str, convergence=None, shown=None,
     synthetic = (table["generator"] != REFERENCE).to_numpy()
     labels, columns = [], []
     for space, metric in shown:
-        label, scale, higher = COLUMNS[(space, metric)]
+        label, scale, higher = _column(space, metric)
         nan = pd.Series(math.nan, index=table.index)
         means, stds = table.get(f"{space}_{metric}_mean", nan), table.get(f"{space}_{metric}_std", nan)
         marks = iter(best_marks([round(scale * a, 2) for a in means[synthetic]], higher))
@@ -610,7 +636,7 @@ def measure_kept(selected_path, pool_path, pool_features_path, train, subset_pat
                  memorisation_path, pairs_path, *, real, generator: str, filter: str,  # noqa: A002
                  subset: int, quality: Mapping, batch_size: int, device: str, max_points: int) -> dict:
     """Quality of a filter's kept images against the real subset (`subset_path`, indices into the `train`
-    store) in every feature space of `real` (features.RealFeatures), overall and per class; their
+    store) in every feature space of `real` (spaces.RealFeatures), overall and per class; their
     memorisation audit against the copy thresholds of `reference_path` (every kept image's nearest
     training image, `memorisation_path`; the closest pairs, `pairs_path`); and the real / kept /
     rejected feature map (domain). Domain features of pool images come from `pool_features_path`

@@ -148,7 +148,7 @@ def reference_draws(train, subset, valid_labels: np.ndarray, *, images_per_class
 def measure_reference(train, subset, valid, out, *, real, subset_index: int, images_per_class: int, ratio: float,
                       quality: Mapping, batch_size: int, device: str) -> dict:
     """Real validation vs the real training subset, drawn like checkpoint scoring and like the
-    filters' kept sets, in every feature space of `real` (features.RealFeatures)."""
+    filters' kept sets, in every feature space of `real` (spaces.RealFeatures)."""
     from histosynth.data.store import read_labels, read_store, store_info
     from histosynth.evaluation.features import extract_features
     from histosynth.torch_utils import sampling_device

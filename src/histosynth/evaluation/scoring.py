@@ -60,7 +60,7 @@ def score_training_run(ckpt_dir, train, subset, out_tsv, *, real, images_per_cla
                        device: str, seed: int, sampling=None) -> pd.DataFrame:
     """score_checkpoints for one training run: `images_per_class` images of each class of the real
     `subset` of the `train` store (fewer for a smaller class), in the spaces of `real`
-    (features.RealFeatures)."""
+    (spaces.RealFeatures)."""
     from histosynth.data.split import read_subset
     from histosynth.data.store import read_store
     from histosynth.evaluation.draws import scoring_counts
