@@ -149,32 +149,33 @@ def measure_reference(train, subset, valid, out, *, real, subset_index: int, ima
                       quality: Mapping, batch_size: int, device: str) -> dict:
     """Real validation vs the real training subset, drawn like checkpoint scoring and like the
     filters' kept sets, in every feature space of `real` (spaces.RealFeatures)."""
+    from histosynth.data.split import read_subset
     from histosynth.data.store import read_labels, read_store, store_info
     from histosynth.evaluation.features import extract_features
     from histosynth.torch_utils import sampling_device
 
     device = sampling_device(device)
-    from histosynth.data.split import read_subset
-
     valid_labels = read_labels(valid)
     counts, draws = reference_draws(train, subset, valid_labels, images_per_class=images_per_class,
                                     ratio=ratio, seed=quality["seed"])
     class_names = store_info(valid).class_names
     spaces = real.spaces(len(class_names))
-    images = {d: read_store(valid, idx)[0] for d, idx in draws.items()}  # the draws only, not all of it
-    features = {d: {space: extract_features(ext, images[d], batch_size, device) for space, (ext, _) in spaces.items()}
-                for d in draws}
+    # Every validation image in the domain space, once: the copy thresholds need them all, and the
+    # draws are rows of them; the other spaces see the draws only.
+    every_valid = read_store(valid)[0]
+    valid_domain = extract_features(spaces["domain"][0], every_valid, batch_size, device)
+    features = {d: {space: valid_domain[idx] if space == "domain" else
+                    extract_features(ext, every_valid[idx], batch_size, device) for space, (ext, _) in spaces.items()}
+                for d, idx in draws.items()}
     train_images, train_labels, _ = read_store(train, read_subset(subset))
     labels = (train_labels, {d: valid_labels[idx] for d, idx in draws.items()}, class_names)
     # The copy thresholds from every validation image (the rule's held-out distances), and the rule's
     # verdict on each draw: how many unseen real images it calls copies.
     training = mem.training_spaces(train_images, spaces["domain"][1]["features"])
-    every_valid = read_store(valid)[0]
-    thresholds = mem.copy_thresholds(
-        mem.image_spaces(every_valid, extract_features(spaces["domain"][0], every_valid, batch_size, device)), training)
+    thresholds = mem.copy_thresholds(mem.image_spaces(every_valid, valid_domain), training)
     memorisation = {"rule": mem.RULE, "thresholds": thresholds, "n_valid": len(every_valid),
-                    **{d: mem.measure(images[d], features[d]["domain"], labels[1][d], class_names, training,
-                                      thresholds)[0] for d in draws}}
+                    **{d: mem.measure(every_valid[idx], features[d]["domain"], labels[1][d], class_names, training,
+                                      thresholds)[0] for d, idx in draws.items()}}
     return write_reference(out, {space: stats["features"] for space, (_, stats) in spaces.items()}, features, counts,
                            subset=subset_index, quality=quality, labels=labels, memorisation=memorisation)
 
