@@ -84,7 +84,7 @@ def test_an_encoder_space_reaches_the_quality_file_and_table(tmp_path):
     out = [tmp_path / f"quality.{e}" for e in ("tsv", "md", "tex")]
     aggregate_quality([tmp_path / "q.json"], *out)
     header = out[1].read_text().splitlines()[0]
-    assert "| FID lab ↓ | KID lab ×10³ ↓ |" in header
+    assert "| FD lab ↓ | KID lab ×10³ ↓ |" in header
     tsv = pd.read_csv(out[0], sep="\t")
     assert tsv.loc[0, "lab_fid_mean"] == pytest.approx(q["lab"]["fid"])
     assert tsv.loc[0, "lab_coverage_mean"] == pytest.approx(q["lab"]["coverage"])

@@ -249,10 +249,10 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
         "encoder_stats": 1, "reference_quality": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
     snakemake(tmp, with_encoder)
     scores = pd.read_csv(gen / "checkpoint_scores.tsv", sep="\t")
-    assert {"fid_lab", "kid_lab", "precision_lab", "recall_lab"} <= set(scores.columns)
+    assert {"fd_lab", "kid_lab", "precision_lab", "recall_lab"} <= set(scores.columns)
     q = json.loads((gen / f"filters/{GAN_MICRO['filters'][0]}/quality.json").read_text())
     assert q["lab"]["n_real"] == 20 and set(q["per_class"]["normal"]) == {"domain", "lab"}
-    assert "FID lab" in (tmp / "results/pcam/tables/quality.md").read_text().splitlines()[0]
+    assert "FD lab" in (tmp / "results/pcam/tables/quality.md").read_text().splitlines()[0]
 
 
 SYNTHETIC_STRATEGIES = ["augment", "transfer", "synthetic_only"]

@@ -347,7 +347,7 @@ def _column(space: str, metric: str) -> tuple[str, float, bool]:
     """(label, scale, higher is better) of a table column; an encoder's FID and KID by its name."""
     if (space, metric) in COLUMNS:
         return COLUMNS[(space, metric)]
-    return {"fid": (f"FID {space} ↓", 1.0, False), "kid": (f"KID {space} ×10³ ↓", 1e3, False)}[metric]
+    return {"fid": (f"FD {space} ↓", 1.0, False), "kid": (f"KID {space} ×10³ ↓", 1e3, False)}[metric]
 
 
 def _shown_columns(table: pd.DataFrame) -> list[tuple[str, str]]:

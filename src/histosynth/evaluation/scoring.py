@@ -42,11 +42,13 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
         row = {"epoch": epoch}
         for space, (extractor, real) in references.items():
             suffix = "" if space == "domain" else f"_{space}"
+            # FID is Inception's by name; in a lab encoder's space it is a Fréchet distance, fd_<name>.
+            fd = "fid" if space in ("domain", "inception") else "fd"
             fake = extract_features(extractor, images, batch_size, device)
             mu, sigma = gaussian_stats(fake)
             kid, kid_std = kernel_inception_distance(real["features"], fake, n_subsets=20, seed=seed)
             precision, recall = precision_recall(real["features"], fake, PR_K)
-            row |= {f"fid{suffix}": frechet_distance(real["mu"], real["sigma"], mu, sigma),
+            row |= {f"{fd}{suffix}": frechet_distance(real["mu"], real["sigma"], mu, sigma),
                     f"kid{suffix}": kid, f"kid{suffix}_std": kid_std,
                     f"precision{suffix}": precision, f"recall{suffix}": recall}
         rows.append(row)
