@@ -88,3 +88,12 @@ def test_bad_input():
         mem.pixel_space(np.zeros((2, 32, 32, 3), np.float32))
     with pytest.raises(InputError, match="same D"):
         mem.nearest(np.zeros((2, 3)), np.zeros((2, 4)))
+
+
+def test_a_reference_without_thresholds_is_a_clear_error(tmp_path):
+    old = tmp_path / "reference.json"
+    old.write_text('{"subset": 0, "kept": {}}')  # written before the audit existed
+    with pytest.raises(InputError, match="reference.json: no memorisation thresholds.*rerun reference_quality"):
+        mem.read_thresholds(old)
+    old.write_text('{"memorisation": {"thresholds": {"domain": 1.5, "pixel": 2}}}')
+    assert mem.read_thresholds(old) == {"domain": 1.5, "pixel": 2.0}

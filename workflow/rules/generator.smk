@@ -269,7 +269,6 @@ rule pool_features:
     input:
         pool=f"{GEN}/pool.h5",
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
-        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
     output:
         features=f"{GEN}/pool_features.npz",
     params:

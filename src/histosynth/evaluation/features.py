@@ -120,15 +120,14 @@ def save_stats(path, features: np.ndarray) -> None:
         np.savez(f, mu=mu, sigma=sigma, features=features.astype(np.float32))
 
 
-def write_pool_features(pool, real, out, *, batch_size: int, device: str) -> None:
-    """The domain features of every pool image (rule pool_features), extracted once for the
-    stages that measure the pool and its kept sets (convergence, quality); `real`:
-    spaces.RealFeatures."""
+def write_pool_features(pool, extractor, backbone: str, out, *, batch_size: int, device: str) -> None:
+    """The domain features of every pool image (rule pool_features; `extractor` the subset's domain
+    classifier), extracted once for the stages that measure the pool and its kept sets."""
     from histosynth.data.store import read_store
     from histosynth.torch_utils import sampling_device
 
     images, _, class_names = read_store(pool)
-    features = extract_features(real.spaces(len(class_names))["domain"][0], images, batch_size,
+    features = extract_features(domain_extractor(extractor, backbone, len(class_names)), images, batch_size,
                                 sampling_device(device))
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
         np.savez(f, domain=features.astype(np.float32))

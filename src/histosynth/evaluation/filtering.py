@@ -98,13 +98,10 @@ def _copy_audit(cfg: FilterConfig, reference_path, real_images, real_features, c
         return lambda images, features=None: np.zeros(len(images), dtype=bool)
     if reference_path is None:
         raise InputError(f"filter '{cfg.name}': exclude_copies needs the reference file with the copy thresholds")
-    import json
-
     from histosynth.evaluation import memorisation as mem
     from histosynth.evaluation.features import domain_extractor, extract_features
 
-    with open(reference_path) as f:
-        thresholds = json.load(f)["memorisation"]["thresholds"]
+    thresholds = mem.read_thresholds(reference_path)
     extractor = domain_extractor(classifier_path, backbone, n_classes)
     train = mem.training_spaces(real_images, real_features)
     def is_copy(images, features=None):

@@ -135,6 +135,18 @@ def summary(result: Mapping[str, np.ndarray], labels: np.ndarray, class_names: S
             "closest": closest}
 
 
+def read_thresholds(reference_path) -> dict[str, float]:
+    """The copy thresholds of a reference.json (rule reference_quality); a clear error if it has none."""
+    import json
+
+    try:
+        with open(reference_path) as f:
+            thresholds = json.load(f)["memorisation"]["thresholds"]
+        return {space: float(thresholds[space]) for space in SPACES}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{reference_path}: no memorisation thresholds ({e!r}); rerun reference_quality") from e
+
+
 def training_spaces(train_images: np.ndarray, train_features: np.ndarray) -> dict[str, np.ndarray]:
     """The training subset in both spaces (its domain features are the stored real statistics')."""
     return {"domain": np.asarray(train_features), "pixel": pixel_space(train_images)}
@@ -157,7 +169,7 @@ def measure(images: np.ndarray, domain_features: np.ndarray, labels: np.ndarray,
     result = audit(image_spaces(images, domain_features), train, thresholds)
     if tsv_path is not None:
         table = pd.DataFrame({"image": np.arange(len(images)), "class": [class_names[c] for c in labels],
-                              **{k: v for k, v in result.items()}})
+                              **result})
         write_text(tsv_path, table.to_csv(sep="\t", index=False, float_format="%.6g"))
     return summary(result, labels, class_names, thresholds), result
 

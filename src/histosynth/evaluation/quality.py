@@ -202,9 +202,9 @@ def write_quality(path, spaces: Mapping[str, tuple | None], *, generator: str, f
         result[space] = {**metrics, "n_real": len(real), "n_fake": len(fake)}
     if labels is not None:
         real_labels, fake_labels, class_names = labels
-        per_space = {space: class_quality(*pair[:1], real_labels, *pair[1:], fake_labels, class_names, k=k,
+        per_space = {space: class_quality(real, real_labels, fake, fake_labels, class_names, k=k,
                                           kid_subsets=kid_subsets, kid_subset_size=kid_subset_size, seed=seed)
-                     for space, pair in spaces.items() if pair is not None}
+                     for space, (real, fake) in ((s, p) for s, p in spaces.items() if p is not None)}
         result["per_class"] = {str(name): {space: per_space[space][str(name)] for space in per_space}
                                for name in class_names}
     if memorisation is not None:
@@ -664,8 +664,7 @@ def measure_kept(selected_path, pool_path, pool_features_path, train, subset_pat
     features = {space: (stats["features"], kept_domain if space == "domain"
                         else extract_features(extractor, selected, batch_size, device))
                 for space, (extractor, stats) in spaces.items()}
-    with open(reference_path) as f:
-        thresholds = json.load(f)["memorisation"]["thresholds"]
+    thresholds = mem.read_thresholds(reference_path)
     copies, _ = mem.measure(selected, features["domain"][1], selected_labels, class_names,
                             mem.training_spaces(train_images, features["domain"][0]), thresholds, memorisation_path)
     mem.plot_closest_pairs(selected, train_images, copies["closest"], pairs_path,

@@ -207,7 +207,7 @@ def judge_convergence(pool_path, pool_features_path, choice_path, curve_path, re
     pool_features = load_pool_features(pool_features_path, len(pool))  # rule pool_features
     copies, _ = mem.measure(pool, pool_features, pool_labels, class_names,
                             mem.training_spaces(train_images, stats["features"]),
-                            reference["memorisation"]["thresholds"], memorisation_path)
+                            mem.read_thresholds(reference_path), memorisation_path)
     result = write_convergence(out, stats["features"], pool_features[draw], reference, generator=generator,
                                subset=subset_index, epoch=epoch, quality=quality,
                                max_fid_ratio=converged["max_fid_ratio"], min_recall=converged["min_recall"],
