@@ -148,6 +148,23 @@ def test_classifier_setting_reruns_only_classifiers_and_table(finished_run):
 
 
 @pytest.mark.slow
+def test_another_mirror_of_the_same_files_reruns_nothing(finished_run, tmp_path):
+    tmp, config = finished_run
+    (tmp_path / "elsewhere").symlink_to(tmp / "mirror")
+    moved = {**config, "dataset": {**config["dataset"], "download": {**config["dataset"]["download"],
+                                                                    "base_url": (tmp_path / "elsewhere").as_uri()}}}
+    assert scheduled_jobs(snakemake(tmp, moved, "-n")) == {}
+    # Other content (a checksum changed) is another dataset: fetched again, and everything after.
+    checksums = dict(config["dataset"]["download"]["checksums"])
+    name = next(iter(checksums))
+    checksums[name] = "md5:" + "0" * 32
+    changed = {**config, "dataset": {**config["dataset"], "download": {**config["dataset"]["download"],
+                                                                      "checksums": checksums}}}
+    jobs = scheduled_jobs(snakemake(tmp, changed, "-n"))
+    assert jobs.get("download") == 1 and jobs.get("prepare") == 1, jobs
+
+
+@pytest.mark.slow
 def test_adding_a_seed_schedules_only_new_jobs(finished_run):
     tmp, config = finished_run
     assert scheduled_jobs(snakemake(tmp, {**config, "seeds": 3}, "-n")) == {"train_classifier": 2, "aggregate": 1}

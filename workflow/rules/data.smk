@@ -6,9 +6,10 @@ if DATASET != "folder":
         output:
             [directory(p) if DATASET == "nct_crc_he" else p for p in raw_inputs()],
         params:
-            # No `code` param: the checksums pin the data, so edited download code never refetches it.
+            # Neither `code` nor the mirror (dataset.download.base_url, read by the script from the
+            # config): the checksums pin the content, so edited download code or another mirror of
+            # the same files never refetches them, nor reruns anything after.
             name=DATASET,
-            base_url=config["dataset"]["download"]["base_url"],
             checksums=config["dataset"]["download"]["checksums"],
         log:
             f"{LOGS}/download.log",
