@@ -9,22 +9,45 @@ import numpy as np
 from histosynth.errors import InputError
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (FID).
+class FrechetReference:
+    """The real side of the Fréchet distance, factorised once, for scoring many snapshots against it.
 
-    ||mu1 - mu2||² + Tr(sigma1) + Tr(sigma2) - 2 Tr((sigma1 sigma2)^½), in float64.
-    Tr((sigma1 sigma2)^½) is the sum of the square roots of the eigenvalues of
-    sigma1 sigma2: they are real and >= 0 for covariance matrices, so round-off
-    (tiny imaginary parts, tiny negatives) is dropped. This avoids scipy's sqrtm,
-    which is 4-5x slower and whose `disp` argument is gone in SciPy >= 1.18.
+    Tr((sigma1 sigma2)^½) = Tr((S sigma2 S)^½) with S = sigma1^½ (sigma1 sigma2 and S sigma2 S
+    have the same eigenvalues), and S sigma2 S is symmetric: each distance then costs two
+    matrix products and one symmetric eigenvalue solve, where scipy's sqrtm (pytorch-fid) does a
+    general Schur decomposition of sigma1 sigma2 every time. S comes from one symmetric
+    eigen-decomposition of sigma1, its round-off negatives clipped to 0, so rank-deficient
+    covariances (fewer samples than dimensions) are exact too. Everything in float64.
     """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
-    eigenvalues = np.linalg.eigvals(sigma1 @ sigma2).real.clip(min=0)
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.sqrt(eigenvalues).sum())
+
+    def __init__(self, mu, sigma):
+        self.mu = np.atleast_1d(np.asarray(mu, np.float64))
+        sigma = np.atleast_2d(np.asarray(sigma, np.float64))
+        if sigma.shape != (len(self.mu), len(self.mu)):
+            raise ValueError(f"shape mismatch: mu {self.mu.shape}, sigma {sigma.shape}")
+        w, v = np.linalg.eigh(sigma)
+        self.sqrt_sigma = (v * np.sqrt(w.clip(min=0))) @ v.T
+        self.trace = float(np.trace(sigma))
+
+    def distance(self, mu, sigma) -> float:
+        """||mu1 - mu||² + Tr(sigma1) + Tr(sigma) - 2 Tr((sigma1 sigma)^½)."""
+        mu = np.atleast_1d(np.asarray(mu, np.float64))
+        sigma = np.atleast_2d(np.asarray(sigma, np.float64))
+        if mu.shape != self.mu.shape or sigma.shape != self.sqrt_sigma.shape:
+            raise ValueError(f"shape mismatch: mu {self.mu.shape} vs {mu.shape}, "
+                             f"sigma {self.sqrt_sigma.shape} vs {sigma.shape}")
+        eigenvalues = np.linalg.eigvalsh(self.sqrt_sigma @ sigma @ self.sqrt_sigma).clip(min=0)
+        diff = self.mu - mu
+        return float(diff @ diff + self.trace + np.trace(sigma) - 2 * np.sqrt(eigenvalues).sum())
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (FID), in float64.
+
+    One pair: FrechetReference(mu1, sigma1).distance(mu2, sigma2). Scoring many snapshots
+    against one real set keeps the FrechetReference and pays only the second half each time.
+    """
+    return FrechetReference(mu1, sigma1).distance(mu2, sigma2)
 
 
 def ema_smooth(values, alpha: float) -> np.ndarray:

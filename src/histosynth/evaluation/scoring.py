@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from histosynth.checkpoint import list_checkpoints
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import frechet_distance, kernel_inception_distance, precision_recall
+from histosynth.evaluation.metrics import FrechetReference, kernel_inception_distance, precision_recall
 from histosynth.fileio import write_text
 from histosynth.generative.generate import SCORING_STREAM, class_labels, image_seeds, load_generator, sample_images
 
@@ -36,6 +36,8 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
         raise InputError(f"{ckpt_dir}: no generator snapshots to score (check save_from < epochs)")
     labels = class_labels(n_per_class)
     seeds = image_seeds(seed, len(labels), SCORING_STREAM)
+    # The real side of every Fréchet distance is factorised once; each snapshot pays only its own part.
+    frechet = {space: FrechetReference(real["mu"], real["sigma"]) for space, (_, real) in references.items()}
     rows = []
     for epoch, path in tqdm(snapshots, desc="score checkpoints"):
         images = sample_images(load_generator(path, device, sampling), labels, seeds, batch_size, device)
@@ -48,7 +50,7 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
             mu, sigma = gaussian_stats(fake)
             kid, kid_std = kernel_inception_distance(real["features"], fake, n_subsets=20, seed=seed)
             precision, recall = precision_recall(real["features"], fake, PR_K)
-            row |= {f"{fd}{suffix}": frechet_distance(real["mu"], real["sigma"], mu, sigma),
+            row |= {f"{fd}{suffix}": frechet[space].distance(mu, sigma),
                     f"kid{suffix}": kid, f"kid{suffix}_std": kid_std,
                     f"precision{suffix}": precision, f"recall{suffix}": recall}
         rows.append(row)
