@@ -48,10 +48,6 @@ def _module_file(module: str, package: Path) -> Path | None:
     return None
 
 
-def _parse(path: Path) -> ast.Module:
-    return _parse_text(path.read_text(), str(path))
-
-
 @lru_cache(maxsize=None)
 def _parse_text(text: str, filename: str) -> ast.Module:
     return ast.parse(text, filename=filename)
@@ -60,10 +56,17 @@ def _parse_text(text: str, filename: str) -> ast.Module:
 def imported_modules(path: Path, module: str, package: Path = PACKAGE) -> set[str]:
     """The histosynth modules that the file at `path` (module `module`, "" for a script) imports,
     anywhere in it, with the packages above them (importing a.b runs a/__init__.py)."""
+    return set(_imported_modules(Path(path).read_text(), str(path), module, package))
+
+
+# Keyed by the file's text: a dry run asks for ~40 stage closures over the same ~60 modules,
+# and walking each module's tree once (not once per stage) keeps it at a fraction of a second.
+@lru_cache(maxsize=None)
+def _imported_modules(text: str, filename: str, module: str, package: Path) -> frozenset[str]:
     found = set()
     here = module.split(".") if module else []
-    is_package = path.name == "__init__.py"
-    for node in ast.walk(_parse(path)):
+    is_package = Path(filename).name == "__init__.py"
+    for node in ast.walk(_parse_text(text, filename)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -82,7 +85,7 @@ def imported_modules(path: Path, module: str, package: Path = PACKAGE) -> set[st
             for i in range(1, len(parts) + 1):
                 if _module_file(".".join(parts[:i]), package):
                     found.add(".".join(parts[:i]))
-    return found
+    return frozenset(found)
 
 
 def import_closure(script: Path, extra=(), *, skip: frozenset = frozenset(), package: Path = PACKAGE) -> set[str]:
@@ -105,9 +108,16 @@ def code_hash(modules, package: Path = PACKAGE) -> str:
     h = hashlib.sha256()
     for name in sorted(set(modules)):
         path = _module_file(name, package)
-        tree = _strip_docstrings(_parse(path))
-        h.update(name.encode() + b"\0" + ast.dump(tree, annotate_fields=False).encode() + b"\0")
+        h.update(name.encode() + b"\0" + _code_dump(path.read_text(), str(path)) + b"\0")
     return h.hexdigest()[:16]
+
+
+@lru_cache(maxsize=None)
+def _code_dump(text: str, filename: str) -> bytes:
+    """The module's syntax tree without docstrings, dumped: what its hash is of."""
+    # The import walk's cached tree, stripped in place: docstrings never hold imports.
+    tree = _strip_docstrings(_parse_text(text, filename))
+    return ast.dump(tree, annotate_fields=False).encode()
 
 
 def stage_code(script, family: str | None = None, *, families: dict | None = None,
