@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CORES  ?= 2
 
-.PHONY: demo test dryrun lint bench clean-demo
+.PHONY: demo test dryrun plan lint bench clean-demo
 
 # The venv is rebuilt when the pins change. The stamp is written last, so an
 # interrupted install is redone on the next call instead of being trusted.
@@ -27,6 +27,10 @@ test: $(VENV)/.installed
 
 dryrun: $(VENV)/.installed
 	$(BIN)/snakemake -n --quiet rules
+
+# Jobs, GPU-/CPU-hours and disk per stage before the run (README "What it costs"); CONFIG=my.yaml for yours.
+plan: $(VENV)/.installed
+	$(BIN)/python -m histosynth.plan $(if $(CONFIG),--configfile $(CONFIG))
 
 lint: $(VENV)/.installed
 	$(BIN)/snakemake --lint

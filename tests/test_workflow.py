@@ -309,6 +309,52 @@ def test_synthetic_strategies_tables_figures_and_report(finished_run):
         assert caption in report, caption
 
 
+@pytest.mark.slow
+def test_plan_counts_the_jobs_and_bytes_a_run_writes(finished_run):
+    """`make plan` (histosynth.plan) against the real micro run: its jobs are the dry run's,
+    its disk figures the files the stages wrote (what a paper-scale plan extrapolates from)."""
+    from histosynth import plan
+
+    tmp, config = finished_run
+    config = {**config, **GAN_MICRO, "strategies": ["baseline", "traditional", *SYNTHETIC_STRATEGIES],
+              "filters": ["selective"]}
+    snakemake(tmp, config)  # nothing to do after the test above; the whole branch otherwise
+    cfg = tmp / "micro.yaml"
+    resolved = plan.resolved_config([cfg])
+    jobs = plan.dry_run_jobs([cfg], workdir=tmp)
+    table = yaml.safe_load(plan.TABLE.read_text())
+    rows, disk = plan.plan(resolved, jobs, table, workdir=tmp)
+    assert {r["rule"]: r["jobs"] for r in rows} == scheduled_jobs(snakemake(tmp, config, "-n", "--forceall"))
+    results = tmp / "results/pcam"
+    written = {
+        "generator snapshots": sum(p.stat().st_size for p in results.glob("generators/*/subset*/checkpoints/epoch_*.pt")),
+        "classifier weights (model.pt per run)": sum(p.stat().st_size for p in results.glob("classifier/**/model.pt")),
+    }
+    for kind, size in written.items():
+        assert size > 0 and disk[kind] == pytest.approx(size, rel=0.02), kind
+    with h5py.File(results / "generators/histogan/subset0/pool.h5") as f:
+        assert disk["pools"] == f["images"].size
+    stores = 0
+    for split in ("train", "valid", "test"):
+        with h5py.File(results / f"data/{split}.h5") as f:
+            stores += f["images"].size
+    assert disk["image stores (train, valid, test)"] == stores
+    # Time: every modelled stage costs something, the GPU stages on the GPU (device auto).
+    by_rule = {r["rule"]: r for r in rows}
+    assert by_rule["train_generator"]["cpu_h"] > 0 and by_rule["train_classifier"]["cpu_h"] > 0
+
+
+def test_plan_of_the_paper_protocol_needs_no_torch():
+    """config.yaml's models are in workflow/throughput.yaml: its plan reads them (seconds, no torch),
+    and a changed default model (a new key) fails here until the table is regenerated."""
+    code = ("import sys, yaml; from histosynth import plan; c = plan.resolved_config([]); "
+            "t = yaml.safe_load(plan.TABLE.read_text()); s = plan.split_sizes(c); k = plan.costs(c, s, t); "
+            "assert 'torch' not in sys.modules, 'counted the costs again'; print(sorted(k))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "histogan" in out.stdout and "vitgan" in out.stdout
+
+
 def test_synthetic_strategies_without_a_generator_are_a_config_error(tmp_path):
     config = {**micro_config(tmp_path, {}), "strategies": ["baseline", "augment"]}
     proc = snakemake(tmp_path, config, "-n", check=False)

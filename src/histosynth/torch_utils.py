@@ -27,3 +27,36 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if enabled and device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+class FlopCount:
+    """Counts the FLOPs of what runs inside it with torch.utils.flop_counter's formulas (matmuls,
+    convolutions, attention; forward and backward), in `.total`.
+
+    FlopCounterMode itself also attributes FLOPs to modules through backward hooks, which
+    torch.autograd.grad (WGAN-GP's gradient penalty) does not support; the totals need none.
+    """
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.flop_counter import flop_registry
+
+        counter = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                kwargs = kwargs or {}
+                out = func(*args, **kwargs)
+                formula = flop_registry.get(func._overloadpacket)
+                if formula is not None:
+                    counter.total += formula(*args, **kwargs, out_val=out)
+                return out
+
+        self.total, self._mode = 0, _Mode()
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
