@@ -115,6 +115,7 @@ def test_rejects_bad_input_and_config():
         AugmentConfig(hue=0.6)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     x = images(n=16)

@@ -93,6 +93,7 @@ def test_rejects_bad_inputs():
         BatchIterator(images, labels, 0, shuffle=True, augment=None, seed=0)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_stream_matches_cpu():
     cpu = stream(BatchIterator(*dataset(), 4, shuffle=True, augment=AugmentConfig(), seed=2))

@@ -1,6 +1,7 @@
 """FID, EMA and KID against independent references."""
 
 import numpy as np
+import torch
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 
@@ -103,3 +104,18 @@ def test_frechet_reference_matches_pytorch_fid_and_the_exact_value(n, d, conditi
         assert ours == pytest.approx(calculate_frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
     assert reference.distance(mu1, s1) == pytest.approx(0, abs=1e-6 * np.trace(s1))
     assert frechet_distance(mu1, s1, mu2, s2) == ours  # the one-pair form is the same computation
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES])
+@pytest.mark.parametrize("n, d, condition", [(1200, 512, 4), (300, 2048, 3)])
+def test_frechet_reference_in_torch_float64_on_the_device(device, n, d, condition):
+    """The torch path (CUDA scoring; here also on the CPU) agrees with the exact value, rank-deficient too."""
+    rng = np.random.default_rng(n + d)
+    x = features(rng, n, d, condition)
+    y = features(rng, n, d, condition) * 1.1 + 0.05
+    reference = FrechetReference(x.mean(0), np.cov(x, rowvar=False), device)
+    assert reference.sqrt_sigma.dtype == torch.float64 and reference.sqrt_sigma.device.type == device
+    assert reference.distance(y.mean(0), np.cov(y, rowvar=False)) == pytest.approx(exact_frechet(x, y), rel=1e-6)

@@ -20,25 +20,39 @@ class FrechetReference:
     covariances (fewer samples than dimensions) are exact too. Everything in float64.
     """
 
-    def __init__(self, mu, sigma):
+    def __init__(self, mu, sigma, device: str | None = None):
+        """`device`: None computes with NumPy on the CPU; a torch device ("cuda", or "cpu" for
+        the same code on the CPU) keeps S and every solve there, in float64."""
         self.mu = np.atleast_1d(np.asarray(mu, np.float64))
         sigma = np.atleast_2d(np.asarray(sigma, np.float64))
         if sigma.shape != (len(self.mu), len(self.mu)):
             raise ValueError(f"shape mismatch: mu {self.mu.shape}, sigma {sigma.shape}")
-        w, v = np.linalg.eigh(sigma)
-        self.sqrt_sigma = (v * np.sqrt(w.clip(min=0))) @ v.T
-        self.trace = float(np.trace(sigma))
+        self.trace, self.device = float(np.trace(sigma)), device
+        if device is None:
+            w, v = np.linalg.eigh(sigma)
+            self.sqrt_sigma = (v * np.sqrt(w.clip(min=0))) @ v.T
+        else:
+            import torch
+
+            w, v = torch.linalg.eigh(torch.as_tensor(sigma, device=device))
+            self.sqrt_sigma = (v * w.clamp(min=0).sqrt()) @ v.T
 
     def distance(self, mu, sigma) -> float:
         """||mu1 - mu||² + Tr(sigma1) + Tr(sigma) - 2 Tr((sigma1 sigma)^½)."""
         mu = np.atleast_1d(np.asarray(mu, np.float64))
         sigma = np.atleast_2d(np.asarray(sigma, np.float64))
-        if mu.shape != self.mu.shape or sigma.shape != self.sqrt_sigma.shape:
+        if mu.shape != self.mu.shape or sigma.shape != tuple(self.sqrt_sigma.shape):
             raise ValueError(f"shape mismatch: mu {self.mu.shape} vs {mu.shape}, "
-                             f"sigma {self.sqrt_sigma.shape} vs {sigma.shape}")
-        eigenvalues = np.linalg.eigvalsh(self.sqrt_sigma @ sigma @ self.sqrt_sigma).clip(min=0)
+                             f"sigma {tuple(self.sqrt_sigma.shape)} vs {sigma.shape}")
+        if self.device is None:
+            root_trace = np.sqrt(np.linalg.eigvalsh(self.sqrt_sigma @ sigma @ self.sqrt_sigma).clip(min=0)).sum()
+        else:
+            import torch
+
+            s = torch.as_tensor(sigma, device=self.device)
+            root_trace = torch.linalg.eigvalsh(self.sqrt_sigma @ s @ self.sqrt_sigma).clamp(min=0).sqrt().sum().item()
         diff = self.mu - mu
-        return float(diff @ diff + self.trace + np.trace(sigma) - 2 * np.sqrt(eigenvalues).sum())
+        return float(diff @ diff + self.trace + np.trace(sigma) - 2 * root_trace)
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:

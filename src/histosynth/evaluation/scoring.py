@@ -37,7 +37,9 @@ def score_checkpoints(ckpt_dir, references: dict, n_per_class: dict[int, int], o
     labels = class_labels(n_per_class)
     seeds = image_seeds(seed, len(labels), SCORING_STREAM)
     # The real side of every Fréchet distance is factorised once; each snapshot pays only its own part.
-    frechet = {space: FrechetReference(real["mu"], real["sigma"]) for space, (_, real) in references.items()}
+    # On a GPU, in float64 there (NumPy on the CPU).
+    on = str(device) if str(device).startswith("cuda") else None
+    frechet = {space: FrechetReference(real["mu"], real["sigma"], on) for space, (_, real) in references.items()}
     rows = []
     for epoch, path in tqdm(snapshots, desc="score checkpoints"):
         images = sample_images(load_generator(path, device, sampling), labels, seeds, batch_size, device)
