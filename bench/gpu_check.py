@@ -57,26 +57,15 @@ def family_config(family: str, tiny: bool) -> tuple[dict, dict]:
 
 def measure_family(family: str, device: torch.device, peak_tflops: float | None, *, tiny: bool, steps: int) -> dict:
     """Training and sampling images/s, peak memory and FLOP utilisation of one family."""
-    from dataclasses import asdict
-
-    from histosynth.checkpoint import save_checkpoint
-    from histosynth.generative.families import FAMILIES, family_module
-    from histosynth.generative.generate import load_generator
+    from histosynth.generative.generate import load_generator, sample_images
+    from histosynth.plan import build_trainer, write_snapshot
     from histosynth.torch_utils import FlopCount, amp_dtype
 
     cfg, vae_model = family_config(family, tiny)
     size, classes = (32 if tiny else 96), 2
     amp = amp_dtype(device, cfg.get("amp", True))
     with tempfile.TemporaryDirectory() as tmp:
-        kind = {"ema_kimg": cfg.get("ema_kimg", 0.0)}
-        if FAMILIES[family].latent:
-            from histosynth.generative.models.vae import VAE, VAEConfig
-
-            vae = VAE(VAEConfig(**{**vae_model, "image_size": size}))
-            torch.save({"model": asdict(vae.cfg), "state": vae.state_dict(), "latent_scale": 1.0, "epoch": 0},
-                       f"{tmp}/vae.pt")
-            kind = {"vae_path": f"{tmp}/vae.pt", "diffusion": cfg.get("diffusion", {})}
-        model = family_module(family).Trainer(cfg["model"], classes, size, cfg["lr"], tuple(cfg["betas"]), amp, **kind)
+        model = build_trainer(family, cfg, size, classes, vae_model, tmp, amp)
         model.to(device)
         b = cfg["batch_size"]
         x = torch.rand(b, 3, size, size, device=device) * 2 - 1
@@ -92,19 +81,16 @@ def measure_family(family: str, device: torch.device, peak_tflops: float | None,
         sync(device)
         train_s = (time.perf_counter() - t0) / steps
         train_memory = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-        path = save_checkpoint(tmp, 1, {**model.snapshot(), "family": family, "eval_noise": torch.zeros(1),
-                                        "eval_labels": torch.zeros(1)})
-        G = load_generator(path, device, cfg.get("sampling", {}))
+        G = load_generator(write_snapshot(model, family, 1, classes, tmp), device, cfg.get("sampling", {}))
         n = 8 if tiny else 256
-        z = torch.randn(n, model.z_dim, device=device)
-        yy = torch.arange(n, device=device) % classes
-        with torch.no_grad():
-            with FlopCount() as sample_flops:
-                G(z[:2], yy[:2])
-            sync(device)
-            t0 = time.perf_counter()
-            G(z, yy)
-            sync(device)
+        labels = np.arange(n) % classes
+        sample_images(G, labels[:2], np.arange(2), 2, device)  # warm-up; one-off work (standing BN statistics)
+        with FlopCount() as sample_flops:
+            sample_images(G, labels[:2], np.arange(2), 2, device)
+        sync(device)
+        t0 = time.perf_counter()
+        sample_images(G, labels, np.arange(n), n, device)  # as generation samples: per-image seeds
+        sync(device)
         sample_s = time.perf_counter() - t0
     row = {"family": family, "batch": b, "precision": str(amp).removeprefix("torch.") if amp else "float32",
            "train_images_s": b / train_s, "sample_images_s": n / sample_s,

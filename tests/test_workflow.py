@@ -355,6 +355,17 @@ def test_plan_of_the_paper_protocol_needs_no_torch():
     assert "histogan" in out.stdout and "vitgan" in out.stdout
 
 
+@pytest.mark.parametrize("text,needle", [(None, "No such file"), ("generator: {histogan: {model: {z_dimm: 3}}}",
+                                                                      "unknown key 'z_dimm'")])
+def test_plan_of_a_bad_config_says_what_in_one_line(tmp_path, text, needle):
+    cfg = tmp_path / "my.yaml"
+    if text is not None:
+        cfg.write_text(text)
+    out = subprocess.run([sys.executable, "-m", "histosynth.plan", "--configfile", str(cfg)], capture_output=True,
+                         text=True, cwd=REPO)
+    assert out.returncode != 0 and needle in out.stderr and "Traceback" not in out.stderr
+
+
 def test_synthetic_strategies_without_a_generator_are_a_config_error(tmp_path):
     config = {**micro_config(tmp_path, {}), "strategies": ["baseline", "augment"]}
     proc = snakemake(tmp_path, config, "-n", check=False)

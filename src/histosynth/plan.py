@@ -99,51 +99,68 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def generator_costs(family: str, gen_cfg: dict, image_size: int, classes: int, vae_cfg: dict) -> dict:
-    """Parameters and FLOPs of one generator as the config builds it (torch, CPU, a batch of 2)."""
-    import tempfile
+def build_trainer(family: str, gen_cfg: dict, image_size: int, classes: int, vae_model: dict, tmp, amp=None):
+    """The training adapter of `family` as the config builds it; latent families get an untrained
+    VAE of the config's size (written to `tmp`): its weights change no cost."""
     from dataclasses import asdict
 
     import torch
 
-    from histosynth.checkpoint import save_checkpoint
     from histosynth.generative.families import FAMILIES, family_module
-    from histosynth.generative.generate import load_generator
+
+    kind = {"ema_kimg": gen_cfg.get("ema_kimg", 0.0)}
+    if FAMILIES[family].latent:
+        from histosynth.generative.models.vae import VAE, VAEConfig
+
+        vae = VAE(VAEConfig(**{**vae_model, "image_size": image_size}))
+        torch.save({"model": asdict(vae.cfg), "state": vae.state_dict(), "latent_scale": 1.0, "epoch": 0},
+                   f"{tmp}/vae.pt")
+        kind = {"vae_path": f"{tmp}/vae.pt", "diffusion": gen_cfg.get("diffusion", {})}
+    return family_module(family).Trainer(gen_cfg["model"], classes, image_size, gen_cfg["lr"],
+                                         tuple(gen_cfg["betas"]), amp, **kind)
+
+
+def write_snapshot(model, family: str, n_eval: int, classes: int, directory):
+    """The snapshot file training writes for `model` (generation reads it)."""
+    import torch
+
+    from histosynth.checkpoint import save_checkpoint
+
+    return save_checkpoint(directory, 1, {**model.snapshot(), "family": family,
+                                          "eval_noise": torch.zeros(n_eval, model.z_dim),
+                                          "eval_labels": torch.arange(n_eval) % classes})
+
+
+def generator_costs(family: str, gen_cfg: dict, image_size: int, classes: int, vae_cfg: dict) -> dict:
+    """File sizes and FLOPs per image of one generator as the config builds it (torch, CPU, a batch of 2)."""
+    import io
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from histosynth.generative.generate import load_generator, sample_images
     from histosynth.torch_utils import FlopCount
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
-        kind = {"ema_kimg": gen_cfg.get("ema_kimg", 0.0)}
-        if FAMILIES[family].latent:
-            from histosynth.generative.models.vae import VAE, VAEConfig
-
-            vae_fields = {k: v for k, v in vae_cfg.get("model", {}).items()}
-            vae = VAE(VAEConfig(**{**vae_fields, "image_size": image_size}))
-            torch.save({"model": asdict(vae.cfg), "state": vae.state_dict(), "latent_scale": 1.0, "epoch": 0},
-                       f"{tmp}/vae.pt")
-            kind = {"vae_path": f"{tmp}/vae.pt", "diffusion": gen_cfg.get("diffusion", {})}
-        model = family_module(family).Trainer(gen_cfg["model"], classes, image_size, gen_cfg["lr"],
-                                              tuple(gen_cfg["betas"]), None, **kind)
+        model = build_trainer(family, gen_cfg, image_size, classes, vae_cfg.get("model", {}), tmp)
         x = torch.rand(2, 3, image_size, image_size) * 2 - 1
         y = torch.arange(2) % classes
         with FlopCount() as train:
             model.step(x, y, train_g=True)
         with FlopCount() as critic:  # GANs: a critic-only step (n_critic > 1)
             model.step(x, y, train_g=False)
-        n_eval = gen_cfg.get("n_eval_noise", 64)  # the snapshot's file as training writes it
-        path = save_checkpoint(tmp, 1, {**model.snapshot(), "family": family,
-                                        "eval_noise": torch.zeros(n_eval, model.z_dim),
-                                        "eval_labels": torch.arange(n_eval) % classes})
-        snapshot_bytes = Path(path).stat().st_size
-        state = model.state_dict()
+        path = write_snapshot(model, family, gen_cfg.get("n_eval_noise", 64), classes, tmp)
         G = load_generator(path, "cpu", gen_cfg.get("sampling", {}))
-        z_dim = getattr(G, "z_dim", None) or getattr(G.cfg, "z_dim", None) or G.cfg.latent_dim
-        with torch.no_grad(), FlopCount() as sample:
-            G(torch.randn(2, z_dim), y)
-    tensors = [v for v in _leaves(state) if torch.is_tensor(v)]
-    return {"snapshot_bytes": snapshot_bytes, "state_bytes": sum(t.numel() * t.element_size() for t in tensors),
-            "train_gflop": train.total / 2e9, "critic_gflop": critic.total / 2e9,
-            "sample_gflop": sample.total / 2e9}
+        sample_images(G, y.numpy(), np.arange(2), 2)  # one-off work (HistoGAN's standing BN statistics) first
+        with FlopCount() as sample:
+            sample_images(G, y.numpy(), np.arange(2), 2)
+        state = io.BytesIO()  # resume.pt holds this state dict (and a few small things)
+        torch.save(model.state_dict(), state)
+        return {"snapshot_bytes": Path(path).stat().st_size, "state_bytes": state.tell(),
+                "train_gflop": train.total / 2e9, "critic_gflop": critic.total / 2e9,
+                "sample_gflop": sample.total / 2e9}
 
 
 def vae_costs(vae_cfg: dict, image_size: int) -> dict:
@@ -157,17 +174,6 @@ def vae_costs(vae_cfg: dict, image_size: int) -> dict:
     with torch.no_grad(), FlopCount() as fwd:
         vae(torch.zeros(1, 3, image_size, image_size))
     return {"train_gflop": 3 * fwd.total / 1e9}
-
-
-def _leaves(obj):
-    if isinstance(obj, dict):
-        for v in obj.values():
-            yield from _leaves(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _leaves(v)
-    else:
-        yield obj
 
 
 def classifier_costs(backbone: str, image_size: int, classes: int) -> dict:
@@ -185,6 +191,8 @@ def classifier_costs(backbone: str, image_size: int, classes: int) -> dict:
 
 def costs(config, sizes, table) -> dict:
     """Every model's costs, from the table where it holds this exact model, else counted now."""
+    from histosynth.generative.families import FAMILIES
+
     out, cached = {}, table.get("costs", {})
     for name in config["generators"]:
         cfg = config["_generators"][name]
@@ -192,8 +200,6 @@ def costs(config, sizes, table) -> dict:
                    sizes["image_size"], sizes["classes"])
         out[name] = cached.get(key) or generator_costs(cfg["family"], cfg, sizes["image_size"], sizes["classes"],
                                                        config["vae"]) | {"key": key, "family": cfg["family"]}
-    from histosynth.generative.families import FAMILIES
-
     if any(FAMILIES[config["_generators"][g]["family"]].latent for g in config["generators"]):
         key = _key("vae", config["vae"].get("model"), sizes["image_size"])
         out["vae"] = cached.get(key) or vae_costs(config["vae"], sizes["image_size"]) | {"key": key}
@@ -324,7 +330,10 @@ def main(argv=None) -> None:
                     help=f"count the config's models' costs and print them as {TABLE.name}'s `costs` entries")
     args = ap.parse_args(argv)
     table = yaml.safe_load(TABLE.read_text())
-    config = resolved_config(args.configfile)
+    try:
+        config = resolved_config(args.configfile)
+    except (OSError, yaml.YAMLError, ValueError) as e:  # a missing or unparsable file, a bad key: one line
+        raise SystemExit(f"histosynth plan: {e}") from None
     if args.print_costs:
         c = costs(config, split_sizes(config), {})
         print(yaml.safe_dump({v.pop("key"): {**v, "model": name} for name, v in c.items()}, sort_keys=False))
