@@ -97,7 +97,7 @@ def test_a_new_family_is_two_files_of_its_own(tmp_path):
                                     "epochs": 2, "save_from": 0, "device": "cpu", "threads": 1}}}
     jobs = scheduled_jobs(snakemake(tmp_path, config, "-n", repo=repo))
     assert jobs == {"download": 1, "prepare": 1, "split": 1, "feature_extractor": 1, "reference_quality": 1,
-                    "train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, "generate": 1,
+                    "train_generator": 1, "select_checkpoint": 1, "generate": 1,
                     "pool_features": 1, "convergence": 1, "filter": 1, "quality": 1, "quality_table": 1,
                     "train_classifier": 2, "train_classifier_synthetic": 2, "aggregate": 1, "plot_synthetic_only_auc": 1}
     # A typo in its model block is caught at start-up like any family's.

@@ -5,7 +5,8 @@ import torch
 import pytest
 from pytorch_fid.fid_score import calculate_frechet_distance
 
-from histosynth.evaluation.metrics import FrechetReference, ema_smooth, frechet_distance, kernel_inception_distance
+from histosynth.evaluation.metrics import FrechetReference, frechet_distance, kernel_inception_distance
+from histosynth.evaluation.selection import ema_smooth
 
 
 def gaussian_stats(rng, n, d, shift=0.0, scale=1.0):

@@ -9,10 +9,13 @@ import pandas as pd
 import pytest
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from histosynth.classification.unified import choose_epoch, evaluate_unified, load_critic
+from histosynth.checkpoint import load_checkpoint
+from histosynth.classification.unified import choose_epoch, evaluate_unified
 from histosynth.config_schema import train_config
 from histosynth.data.store import write_store
 from histosynth.errors import InputError
+from histosynth.evaluation.selection import select_checkpoint
+from histosynth.generative.families import family_module
 from histosynth.generative.models.vitgan import class_probabilities
 from histosynth.generative.training import train_gan
 from histosynth.generators import resolve_generators
@@ -23,49 +26,64 @@ from test_gan_training import VITGAN_TINY, data
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A ViT-cGAN trained as the pipeline trains it: each snapshot scored as it is written, its
+    class head on the validation and test images too."""
+    from test_generate import mean_colour_scorer
+
     tmp = tmp_path_factory.mktemp("unified")
     x, y = data(n=16)
-    train_gan(x, y, 2, tmp / "checkpoints", tmp / "losses.tsv",
-              train_config(family="vitgan", model=VITGAN_TINY, epochs=3, batch_size=8, save_from=1, device="cpu"))
     rng = np.random.default_rng(1)
+    stores = {}
     for split in ("valid", "test"):
         images = rng.integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
         write_store(tmp / f"{split}.h5", images, np.tile([0, 1], 6), ["normal", "tumor"])
-    # FID favours epoch 3; the critics' validation AUCs decide the other criteria.
-    pd.DataFrame({"epoch": [2, 3], "fid": [50.0, 40.0]}).to_csv(tmp / "checkpoint_scores.tsv", sep="\t", index=False)
+        stores[split] = (images, np.tile([0, 1], 6))
+    train_gan(x, y, 2, tmp / "checkpoints", tmp / "losses.tsv",
+              train_config(family="vitgan", model=VITGAN_TINY, epochs=4, batch_size=8, save_from=0, device="cpu"),
+              scorer=lambda device: mean_colour_scorer(x, critic_data=stores, batch_size=5),
+              scores_path=tmp / "checkpoint_scores.tsv")
     return tmp
 
 
 def test_test_metrics_come_from_the_chosen_snapshots_class_head(trained, tmp_path):
-    m = evaluate_unified(trained / "checkpoint_scores.tsv", trained / "checkpoints", trained / "valid.h5",
-                         trained / "test.h5", tmp_path / "metrics.json", tmp_path / "curve.tsv", generator="vitgan",
-                         subset="subsets/subset0.npy", seed=0, criterion="fid", batch_size=5)
-    assert m["best_epoch"] == 3 and m["strategy"] == "unified" and m["filter"] is None
+    m = evaluate_unified(trained / "checkpoint_scores.tsv", trained / "valid.h5", trained / "test.h5",
+                         tmp_path / "metrics.json", tmp_path / "curve.tsv", generator="vitgan",
+                         subset="subsets/subset0.npy", model={}, seed=0, criterion="fid")
+    scores = pd.read_csv(trained / "checkpoint_scores.tsv", sep="\t")
+    best, _ = select_checkpoint(scores, "fid", 0.5)
+    assert m["best_epoch"] == best and m["strategy"] == "unified" and m["filter"] is None
     assert m["components"] == {"class_projection": True, "selective": True}
-    # Independent reference: scikit-learn on the class head's softmax.
+    assert (m["n_valid"], m["n_test"], m["class_names"]) == (12, 12, ["normal", "tumor"])
+    # Independent reference: scikit-learn on the kept snapshot's class head's softmax.
     from histosynth.data.store import read_store
 
     x, y, _ = read_store(trained / "test.h5")
-    critic, _ = load_critic(trained / "checkpoints/epoch_00003.pt")
+    critic = family_module("vitgan").critic_from_state(load_checkpoint(trained / f"checkpoints/epoch_{best:05d}.pt"))
     p = class_probabilities(critic, x)[:, 1]
-    assert m["test"]["auc"] == pytest.approx(roc_auc_score(y, p))
-    assert m["test"]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5))
+    assert m["test"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert m["test"]["accuracy"] == pytest.approx(accuracy_score(y, p >= 0.5), abs=1e-6)
     assert json.loads((tmp_path / "metrics.json").read_text())["test"] == pytest.approx(m["test"])
     curve = pd.read_csv(tmp_path / "curve.tsv", sep="\t")
-    assert list(curve.epoch) == [2, 3] and {"fid_ema", "valid_auc", "valid_accuracy"} <= set(curve)
+    assert list(curve.epoch) == [1, 2, 3, 4] and {"fid_ema", "valid_auc", "valid_accuracy"} <= set(curve)
+    # Every scored snapshot's class head, on validation, whether or not its file was kept.
+    xv, yv, _ = read_store(trained / "valid.h5")
+    pv = class_probabilities(critic, xv)[:, 1]
+    assert curve.loc[curve.epoch == best, "valid_auc"].item() == pytest.approx(roc_auc_score(yv, pv), abs=1e-6)
+    # The validation choice may fall on a snapshot training did not keep: it reads the scores only.
+    evaluate_unified(trained / "checkpoint_scores.tsv", trained / "valid.h5", trained / "test.h5",
+                     tmp_path / "v.json", tmp_path / "v.tsv", generator="vitgan", subset="s", model={},
+                     criterion="validation")
     # The file is a classifier metrics file to `aggregate`.
     assert load_runs([tmp_path / "metrics.json"]).iloc[0][["strategy", "generator", "filter"]].tolist() == [
         "unified", "vitgan", ""]
 
 
-def test_a_non_vitgan_snapshot_is_a_clear_error(tmp_path):
-    from test_gan_training import TINY
-
-    x, y = data(n=16)
-    train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv",
-              train_config(family="histogan", model=TINY, epochs=1, batch_size=8, save_from=0, device="cpu"))
-    with pytest.raises(InputError, match="epoch_00001.pt.*needs the snapshot.*vitgan.*histogan"):
-        load_critic(tmp_path / "ckpt/epoch_00001.pt")
+def test_a_score_table_without_the_critic_is_a_clear_error(tmp_path, trained):
+    pd.DataFrame({"epoch": [1, 2], "fid": [2.0, 1.0]}).to_csv(tmp_path / "s.tsv", sep="\t", index=False)
+    with pytest.raises(InputError, match="no critic_valid_.*vitgan"):
+        evaluate_unified(tmp_path / "s.tsv", trained / "valid.h5", trained / "test.h5", tmp_path / "m.json",
+                         tmp_path / "c.tsv", generator="histogan", subset="s", model={})
+    assert not (tmp_path / "m.json").exists()
 
 
 CURVE = pd.DataFrame({"epoch": [10, 20, 30, 40], "fid_ema": [30.0, 20.0, 25.0, 21.0],

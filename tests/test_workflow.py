@@ -176,7 +176,7 @@ GAN_MICRO = {
                                          "g_up_blocks": 2, "g_res_blocks": 1, "mbd_kernels": 2,
                                          "mbd_kernel_dim": 2},
                                "epochs": 3, "batch_size": 10, "save_from": 0, "device": "cpu", "threads": 1}},
-    "selection": {"backbone": "resnet18", "extractor_epochs": 1, "images_per_class": 4, "batch_size": 8,
+    "selection": {"backbone": "resnet18", "extractor": {"epochs": 1, "batch_size": 8, "lr": 0.01}, "images_per_class": 4, "batch_size": 8,
                   "inception_weights": None},
     "generation": {"batch_size": 8},
     # Two filters keep the micro run short; tests/test_filtering.py runs every filter.
@@ -241,12 +241,13 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == downstream
     changed = {**config, "selection": {**config["selection"], "metric": "kid"}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"select_checkpoint": 1, **downstream}
-    # Dropping in pytorch-fid's weights adds Inception statistics and rescoring, never retraining.
+    # Dropping in pytorch-fid's weights adds Inception statistics and a feature space that training
+    # scores its snapshots in (it keeps only those a selection could choose): the generator retrains.
     weights = tmp / "pt_inception.pth"
     weights.write_bytes(b"stand-in: a dry run only checks that the file exists")
     changed = {**config, "selection": {**config["selection"], "inception_weights": str(weights)}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {
-        "inception_stats": 1, "reference_quality": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
+        "inception_stats": 1, "reference_quality": 1, "train_generator": 1, "select_checkpoint": 1, **downstream}
     # exclude_copies reruns every filter and what reads it; each then drops the audit's likely copies.
     changed = {**config, "filtering": {**config["filtering"], "exclude_copies": True}}
     assert scheduled_jobs(snakemake(tmp, changed, "-n")) == {"filter": 2, "quality": 2, "quality_table": 1}
@@ -263,7 +264,7 @@ def test_generator_branch_and_alpha_reruns_only_selection_onward(finished_run):
     encoder = {"lab": {"path": str(scripted(tmp)), "image_size": 32}}
     with_encoder = {**changed, "quality": {**config["quality"], "encoders": encoder}}
     assert scheduled_jobs(snakemake(tmp, with_encoder, "-n")) == {
-        "encoder_stats": 1, "reference_quality": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
+        "encoder_stats": 1, "reference_quality": 1, "train_generator": 1, "select_checkpoint": 1, **downstream}
     snakemake(tmp, with_encoder)
     scores = pd.read_csv(gen / "checkpoint_scores.tsv", sep="\t")
     assert {"fd_lab", "kid_lab", "precision_lab", "recall_lab"} <= set(scores.columns)
@@ -326,19 +327,24 @@ def test_plan_counts_the_jobs_and_bytes_a_run_writes(finished_run):
     rows, disk = plan.plan(resolved, jobs, table, workdir=tmp)
     assert {r["rule"]: r["jobs"] for r in rows} == scheduled_jobs(snakemake(tmp, config, "-n", "--forceall"))
     results = tmp / "results/pcam"
-    written = {
-        "generator snapshots": sum(p.stat().st_size for p in results.glob("generators/*/subset*/checkpoints/epoch_*.pt")),
-        "classifier weights (model.pt per run)": sum(p.stat().st_size for p in results.glob("classifier/**/model.pt")),
-    }
-    for kind, size in written.items():
-        assert size > 0 and disk[kind] == pytest.approx(size, rel=0.02), kind
-    with h5py.File(results / "generators/histogan/subset0/pool.h5") as f:
-        assert disk["pools"] == f["images"].size
+    weights = sum(p.stat().st_size for p in results.glob("classifier/**/model.pt"))
+    assert weights > 0 and disk["classifier weights (model.pt per run)"][0] == pytest.approx(weights, rel=0.02)
+    # Snapshots: the plan's file size is the real files', and its count (metrics x alphas, two
+    # more while training runs) bounds what the run kept and the most it held at once.
+    gen = results / "generators/histogan/subset0"
+    snapshots = sorted(gen.glob("checkpoints/epoch_*.pt"))
+    size = plan.costs(resolved, plan.split_sizes(resolved, tmp), table)["histogan"]["snapshot_bytes"]
+    assert snapshots and all(p.stat().st_size == pytest.approx(size, rel=0.02) for p in snapshots)
+    final, peak = disk["generator snapshots"]
+    on_disk = pd.read_csv(gen / "losses.tsv", sep="\t")["snapshots_on_disk"]
+    assert len(snapshots) * size <= final * 1.02 and on_disk.max() * size <= peak * 1.02
+    with h5py.File(gen / "pool.h5") as f:
+        assert disk["pools"] == (f["images"].size, f["images"].size)
     stores = 0
     for split in ("train", "valid", "test"):
         with h5py.File(results / f"data/{split}.h5") as f:
             stores += f["images"].size
-    assert disk["image stores (train, valid, test)"] == stores
+    assert disk["image stores (train, valid, test)"][0] == stores
     # Time: every modelled stage costs something, the GPU stages on the GPU (device auto).
     by_rule = {r["rule"]: r for r in rows}
     assert by_rule["train_generator"]["cpu_h"] > 0 and by_rule["train_classifier"]["cpu_h"] > 0
@@ -353,6 +359,22 @@ def test_plan_of_the_paper_protocol_needs_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "histogan" in out.stdout and "vitgan" in out.stdout
+
+
+def test_the_paper_protocol_holds_at_most_150_gb_of_snapshots():
+    """Issue 17.1: every generator of config.yaml on its 5 subsets, at the papers' snapshot cadence,
+    holds at most 150 GB of snapshots at any moment: per run, the snapshot file's size (the
+    model as config.yaml builds it, written as training writes it) x the most it can keep
+    (selectable metrics x alphas + 2), whatever its curves. The micro run's files and counts
+    are checked against the same formula in test_plan_counts_the_jobs_and_bytes_a_run_writes."""
+    from histosynth import plan
+
+    config = plan.resolved_config([])
+    jobs = [("train_generator", {"generator": g, "subset": str(k)}) for g in config["generators"]
+            for k in range(config["subsets"]["k"])]
+    _, disk = plan.plan(config, jobs, yaml.safe_load(plan.TABLE.read_text()))
+    final, peak = disk["generator snapshots"]
+    assert len(jobs) == 25 and final <= peak <= 150e9
 
 
 @pytest.mark.parametrize("text,needle", [(None, "No such file"), ("generator: {histogan: {model: {z_dimm: 3}}}",

@@ -57,14 +57,14 @@ def test_latent_diffusion_branch_and_what_its_settings_rerun(finished_run):
     # The VAE bound: its reconstructions of the reference's validation draw (r N_i = 5 per class).
     assert json.loads((results / "vae/subset0/quality.json").read_text())["domain"]["n_fake"] == 10
     assert "VAE rec. FID" in (results / "tables/quality.md").read_text()
-    # The sampler never retrains; the VAE retrains the denoiser; neither touches the classifiers.
+    # The sampler retrains the denoiser (training scores its snapshots with it), as does the VAE;
+    # neither touches the classifiers.
     sampling = {**config, "generator": {**config["generator"],
                                         "ldm_dit": {**LDM_MICRO["generator"]["ldm_dit"], "sampling": {"steps": 5}}}}
     downstream = {"generate": 1, "pool_features": 1, "filter": 1, "quality": 1, "quality_table": 1, "convergence": 1}
-    assert scheduled_jobs(snakemake(tmp, sampling, "-n")) == {"score_checkpoints": 1, "select_checkpoint": 1,
-                                                              **downstream}
+    branch = {"train_generator": 1, "select_checkpoint": 1, **downstream}
+    assert scheduled_jobs(snakemake(tmp, sampling, "-n")) == branch
     vae = {**config, "vae": {**LDM_MICRO["vae"], "epochs": 2}}
-    branch = {"train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, **downstream}
     assert scheduled_jobs(snakemake(tmp, vae, "-n")) == {"train_vae": 1, "vae_quality": 1, **branch}
     # One generator's epochs: its branch only, never HistoGAN's beside it.
     epochs = {**config, "generator": {**config["generator"], "ldm_dit": {**LDM_MICRO["generator"]["ldm_dit"],
@@ -88,7 +88,7 @@ def test_editing_a_stages_code_reruns_that_stage_onward(finished_run):
     """Runs after the latent-diffusion test, on its finished DAG (HistoGAN and DiT branches)."""
     tmp, config = finished_run
     config = {**config, **LDM_MICRO}
-    dit_branch = {"train_generator": 1, "score_checkpoints": 1, "select_checkpoint": 1, "generate": 1, "filter": 1,
+    dit_branch = {"train_generator": 1, "select_checkpoint": 1, "generate": 1, "filter": 1,
                   "pool_features": 1, "quality": 1, "quality_table": 1, "convergence": 1}
     edited = _edited_copy(tmp / "dit_edit", "generative/models/dit", "\nEDITED = True\n")
     assert scheduled_jobs(snakemake(tmp, config, "-n", repo=edited)) == dit_branch
@@ -131,8 +131,8 @@ def test_a_killed_training_resumes_and_a_diverging_branch_fails_alone(finished_r
 
     job = subprocess.Popen(snakemake_command(tmp, config, losses("histogan_kill")), start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    snapshot = gen / "histogan_kill/subset0/checkpoints/epoch_00004.pt"
-    while not snapshot.exists() and job.poll() is None:
+    log = tmp / "results/pcam/logs/train_generator/histogan_kill_subset0.log"
+    while "epoch=4 " not in (log.read_text() if log.exists() else "") and job.poll() is None:
         time.sleep(0.02)
     os.killpg(job.pid, signal.SIGKILL)  # Snakemake and its job, as a node failure would
     job.wait()
@@ -144,9 +144,16 @@ def test_a_killed_training_resumes_and_a_diverging_branch_fails_alone(finished_r
     assert resumed and 3 <= int(resumed[1]) < 12, log[-2000:]  # killed during epoch 4 or 5
     ref, killed = (pd.read_csv(losses(g), sep="\t").drop(columns="seconds") for g in ("histogan_ref", "histogan_kill"))
     pd.testing.assert_frame_equal(ref, killed)
-    final = [torch.load(gen / g / "subset0/checkpoints/epoch_00012.pt", weights_only=True)["G"]
-             for g in ("histogan_ref", "histogan_kill")]
-    assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
+    # The same scores, the same snapshots kept, bit for bit.
+    scores = [(gen / g / "subset0/checkpoint_scores.tsv").read_text() for g in ("histogan_ref", "histogan_kill")]
+    assert scores[0] == scores[1]
+    kept = [sorted(p.name for p in (gen / g / "subset0/checkpoints").glob("epoch_*.pt"))
+            for g in ("histogan_ref", "histogan_kill")]
+    assert kept[0] == kept[1] and kept[0]
+    for name in kept[0]:
+        final = [torch.load(gen / g / "subset0/checkpoints" / name, weights_only=True)["G"]
+                 for g in ("histogan_ref", "histogan_kill")]
+        assert all(torch.equal(final[0][k], final[1][k]) for k in final[0])
 
 
 VITGAN_MICRO = {"model": {"z_dim": 16, "embed_dim": 256, "depth": 1, "num_heads": 2, "d_embed_dim": 32,

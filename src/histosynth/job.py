@@ -84,7 +84,8 @@ def job(smk):
     """Log to the rule's log, cap torch's threads, hold the job's GPUs; clean errors."""
     log_path = smk.log[0] if len(smk.log) else os.devnull
     os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-    with open(log_path, "w") as log, \
+    # Line-buffered: `tail -f` follows a days-long training as it goes.
+    with open(log_path, "w", buffering=1) as log, \
             contextlib.redirect_stdout(_Tee(sys.stdout, log)), \
             contextlib.redirect_stderr(_Tee(sys.stderr, log)):
         try:

@@ -12,7 +12,10 @@ FLOPs and parameter counts are counted with torch.utils.flop_counter on the mode
 config builds (the table keeps them for config.yaml's models, so its plan needs no torch).
 
 Disk is what the stages write, from the same counts: stores and pools are uint8
-images, snapshots and training states float32 parameters (Adam: two moments more).
+images, snapshots and training states float32 parameters (Adam: two moments more; file
+sizes of the models as built). Training keeps only the snapshots some selection metric
+and EMA alpha could choose: at most metrics x alphas per run at the end, two more while
+it runs (histosynth.evaluation.selection.kept_epochs), which is what the plan counts.
 """
 
 from __future__ import annotations
@@ -211,7 +214,7 @@ def costs(config, sizes, table) -> dict:
 
 # The stages whose time the plan models; the others (download, prepare, selection, tables,
 # figures) take minutes on a CPU, or, for download, what the network gives.
-MODELLED = {"train_generator", "score_checkpoints", "generate", "evaluate_unified", "filter", "train_classifier",
+MODELLED = {"train_generator", "generate", "evaluate_unified", "filter", "train_classifier",
             "train_classifier_synthetic", "feature_extractor", "train_vae", "reference_quality", "pool_features",
             "quality", "vae_quality", "inception_stats", "encoder_stats"}
 
@@ -229,7 +232,10 @@ def seconds(table, device: str, what: str, gflop: float) -> float:
 
 
 def plan(config, jobs, table, workdir=ROOT) -> tuple[list[dict], dict]:
-    """Per rule: jobs, device, GPU- and CPU-hours; and the bytes written, by kind."""
+    """Per rule: jobs, device, GPU- and CPU-hours; and the bytes written by kind, (final, peak)."""
+    from histosynth.evaluation.selection import ALPHAS
+    from histosynth.generative.families import FAMILIES
+
     sizes = split_sizes(config, workdir)
     c = costs(config, sizes, table)
     gens, sel, gen, cls = config["_generators"], config["selection"], config["generation"], config["classifier"]
@@ -246,11 +252,16 @@ def plan(config, jobs, table, workdir=ROOT) -> tuple[list[dict], dict]:
     def snapshots(g):
         return len(range(g["save_from"] + g["save_every"], g["epochs"] + 1, g["save_every"]))
 
+    # Snapshots a run keeps: one per selectable metric (fid and kid in every feature space) and alpha.
+    spaces = 1 + bool(sel["inception_weights"]) + len(config["quality"]["encoders"])
+    kept = 2 * spaces * len(ALPHAS)
+
     def training_images(strategy):  # per epoch; transfer: the synthetic phase, then the real one
         return {"baseline": n_sub, "traditional": n_sub, "augment": n_sub * (1 + r), "synthetic_only": n_sub * r,
                 "transfer": n_sub * (1 + r)}[strategy]
 
     rows, disk = defaultdict(lambda: {"jobs": 0, "gpu_h": 0.0, "cpu_h": 0.0, "device": None}), defaultdict(float)
+    peak = defaultdict(float)  # where the most on disk at once exceeds the final size
     for rule, w in jobs:
         name = w.get("generator")
         g, k = gens.get(name), c.get(name)
@@ -259,19 +270,20 @@ def plan(config, jobs, table, workdir=ROOT) -> tuple[list[dict], dict]:
             dev = on(g["device"])
             s = seconds(table, dev, f"{g['family']}_train", g["epochs"] * n_sub * k["train_gflop"] / g.get("n_critic", 1)
                         + g["epochs"] * n_sub * k["critic_gflop"] * (1 - 1 / g.get("n_critic", 1)))
-            disk["generator snapshots"] += snapshots(g) * k["snapshot_bytes"]
+            # Each snapshot scored as it is written: its images, their features, and for a critic
+            # that classifies, the validation and test images through it (a forward pass: a third
+            # of a critic step's FLOPs).
+            s += (seconds(table, dev, f"{g['family']}_sample", snapshots(g) * n_score * k["sample_gflop"])
+                  + seconds(table, dev, "classifier_eval", snapshots(g) * n_score * extractor * spaces))
+            if FAMILIES[g["family"]].critic_classifies:
+                s += seconds(table, dev, "classifier_eval", snapshots(g) * (n_valid + n_test) * k["critic_gflop"] / 3)
+            disk["generator snapshots"] += min(snapshots(g), kept) * k["snapshot_bytes"]
+            peak["generator snapshots"] += min(snapshots(g), kept + 2) * k["snapshot_bytes"]
             disk["generator training states (resume.pt, resume.prev.pt)"] += 2 * k["state_bytes"]
-        elif rule == "score_checkpoints":
-            dev = on(g["device"])
-            s = (seconds(table, dev, f"{g['family']}_sample", snapshots(g) * n_score * k["sample_gflop"])
-                 + seconds(table, dev, "classifier_eval", snapshots(g) * n_score * extractor))
         elif rule == "generate":
             dev = on(g["device"])
             s = seconds(table, dev, f"{g['family']}_sample", n_pool * k["sample_gflop"])
             disk["pools"] += n_pool * image_bytes
-        elif rule == "evaluate_unified":
-            dev = on(g["device"])
-            s = seconds(table, dev, "classifier_eval", snapshots(g) * n_valid * resnet)
         elif rule == "filter":
             dev = on(cls["device"])
             passes = config["filtering"]["mc_passes"] if w.get("filter") == "selective" else 1
@@ -284,8 +296,8 @@ def plan(config, jobs, table, workdir=ROOT) -> tuple[list[dict], dict]:
             disk["classifier weights (model.pt per run)"] += c[cls["backbone"]]["model_bytes"]
         elif rule == "feature_extractor":
             dev = on(cls["device"])
-            s = (seconds(table, dev, "classifier_train", sel["extractor_epochs"] * n_sub * 3 * extractor)
-                 + seconds(table, dev, "classifier_eval", sel["extractor_epochs"] * n_valid * extractor))
+            s = (seconds(table, dev, "classifier_train", sel["extractor"]["epochs"] * n_sub * 3 * extractor)
+                 + seconds(table, dev, "classifier_eval", sel["extractor"]["epochs"] * n_valid * extractor))
         elif rule == "train_vae":
             dev = on(config["vae"]["device"])
             s = seconds(table, dev, "vae_train", config["vae"]["epochs"] * n_sub * c["vae"]["train_gflop"])
@@ -301,7 +313,7 @@ def plan(config, jobs, table, workdir=ROOT) -> tuple[list[dict], dict]:
         row["longest_h"] = max(row.get("longest_h", 0.0), s / 3600)
         row["device"] = dev if row["device"] in (None, dev) else "cpu+gpu"
         row["gpu_h" if dev == "gpu" else "cpu_h"] += s / 3600
-    return [{"rule": k, **v} for k, v in rows.items()], dict(disk)
+    return [{"rule": k, **v} for k, v in rows.items()], {kind: (b, peak.get(kind, b)) for kind, b in disk.items()}
 
 
 def render(rows, disk, config, table) -> str:
@@ -316,10 +328,11 @@ def render(rows, disk, config, table) -> str:
     lines.append(f"{'total':28} {sum(r['jobs'] for r in rows):6d} {'':>7} {sum(r['gpu_h'] for r in rows):9.1f} "
                  f"{sum(r['cpu_h'] for r in rows):9.1f}")
     lines.append("(-: not modelled; minutes on a CPU each, download as the network allows)")
-    lines += ["", "Disk (final; nothing below is deleted by the pipeline, so the peak is the same):"]
-    for kind, b in sorted(disk.items(), key=lambda kv: -kv[1]):
-        lines.append(f"  {kind:56} {b / GB:9.1f} GB")
-    lines.append(f"  {'total':56} {sum(disk.values()) / GB:9.1f} GB")
+    lines += ["", f"Disk (GB; snapshots: at most, whatever the curves){'':8} {'final':>9} {'peak':>9}"]
+    for kind, (final, most) in sorted(disk.items(), key=lambda kv: -kv[1][1]):
+        lines.append(f"  {kind:56} {final / GB:9.1f} {most / GB:9.1f}")
+    lines.append(f"  {'total':56} {sum(f for f, _ in disk.values()) / GB:9.1f} "
+                 f"{sum(m for _, m in disk.values()) / GB:9.1f}")
     return "\n".join(lines)
 
 

@@ -11,6 +11,14 @@ family's stages: a DiT edit reruns the DiT branches, never HistoGAN's. The job h
 (histosynth.job: logs, GPU slots, clean errors) runs every stage but computes nothing,
 so it is not followed.
 
+Checkpoint scoring and selection run inside train_generator (each snapshot is scored as it
+is written, and only those a selection could choose stay on disk) but are measuring code,
+not training: MEASURED_BESIDE leaves them out of that stage's hash, so editing a metric or
+the selection never retrains weeks of GPU work. The price: checkpoint_scores.tsv keeps the
+numbers of the code that trained (rerun `snakemake --forcerun train_generator` to rescore
+after a metric fix); select_checkpoint fails, naming the snapshots kept, if an edited
+selection picks a snapshot that training did not keep.
+
 The hash is of the syntax tree without docstrings, so comments, docstrings and
 formatting never rerun weeks of GPU work; any change to what the code does does.
 """
@@ -24,6 +32,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
 NOT_FOLLOWED = frozenset({"histosynth.job"})
+# Per stage (its script's name): modules it runs beside its work whose edits must not rerun it.
+MEASURED_BESIDE = {"train_generator": frozenset({"histosynth.evaluation.scoring", "histosynth.evaluation.selection"})}
 
 
 def _strip_docstrings(tree: ast.AST) -> ast.AST:
@@ -120,14 +130,22 @@ def _code_dump(text: str, filename: str) -> bytes:
     return ast.dump(tree, annotate_fields=False).encode()
 
 
-def stage_code(script, family: str | None = None, *, families: dict | None = None,
-               package: Path = PACKAGE) -> str:
-    """The code hash of a stage: its script's import closure, with `family`'s modules and none
-    of the other families' (`families`: {family: its modules}, default families.family_modules())."""
+def stage_modules(script, family: str | None = None, *, families: dict | None = None,
+                  package: Path = PACKAGE) -> set[str]:
+    """The modules a stage's code hash covers: its script's import closure, with `family`'s modules
+    and none of the other families' (`families`: {family: its modules}, default
+    families.family_modules()), nor what MEASURED_BESIDE leaves out for it."""
     if families is None:
         from histosynth.generative.families import family_modules
         families = family_modules()
     own = set(families.get(family, ())) if family else set()
     others = frozenset(m for f, mods in families.items() if f != family for m in mods) - own
+    beside = MEASURED_BESIDE.get(Path(script).stem, frozenset())
     # The family's modules are loaded by name from the registry, so they are not in the script's imports.
-    return code_hash(import_closure(Path(script), own, skip=others, package=package), package)
+    return import_closure(Path(script), own, skip=others | beside, package=package)
+
+
+def stage_code(script, family: str | None = None, *, families: dict | None = None,
+               package: Path = PACKAGE) -> str:
+    """The code hash of a stage: of its stage_modules."""
+    return code_hash(stage_modules(script, family, families=families, package=package), package)

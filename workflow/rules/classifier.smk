@@ -69,13 +69,9 @@ rule evaluate_unified:
         metric=config["selection"]["metric"],
         alpha=config["selection"]["alpha"],
         seed=lambda w: GENERATORS[w.generator]["seed"],
-        batch_size=config["classifier"]["eval_batch_size"],
-        device=lambda w: GENERATORS[w.generator]["device"],
+        model=lambda w: GENERATORS[w.generator]["model"],
     wildcard_constraints:
         generator=one_of(UNIFIED_GENERATORS),
-    threads: config["classifier"]["threads"]
-    resources:
-        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
     log:
         f"{LOGS}/evaluate_unified/{{generator}}_subset{{subset}}.log",
     conda:

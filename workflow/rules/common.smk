@@ -13,7 +13,7 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 from histosynth.data.download import expected_files  # noqa: E402
-from histosynth.config_schema import check_encoder_file  # noqa: E402
+from histosynth.config_schema import check_encoder_file, section_defaults  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
 from histosynth.generative.families import FAMILIES, family_schema  # noqa: E402
 from histosynth.registry import FILTER_ALIASES, FILTERS, STRATEGIES, filter_name  # noqa: E402
@@ -128,12 +128,13 @@ def classifier_params(strategy):
 
 
 def extractor_params():
-    """The domain feature extractor: the classifier recipe with the selection backbone."""
-    cfg = classifier_params("traditional")
-    cfg["backbone"] = config["selection"]["backbone"]
-    cfg["epochs"] = config["selection"]["extractor_epochs"]
-    cfg["code"] = code("feature_extractor")
-    return cfg
+    """The domain feature extractor's own recipe (selection.extractor) with the selection backbone:
+    every generator's training scores in its space, so nothing of `classifier` but the device reaches it."""
+    e, s = config["selection"]["extractor"], config["selection"]
+    return {**{k: e[k] for k in ("epochs", "batch_size", "lr", "momentum", "weight_decay", "pretrained_weights")},
+            "backbone": s["backbone"], "eval_batch_size": s["batch_size"], "device": config["classifier"]["device"],
+            "augmentation": section_defaults("augmentation") if e["augmentation"] else {},
+            "code": code("feature_extractor")}
 
 
 def generator_params(generator):
@@ -159,14 +160,24 @@ def vae_params():
 
 
 def generator_inputs(wildcards):
-    """Latent diffusion trains on the subset's VAE latents."""
-    if FAMILIES[GENERATORS[wildcards.generator]["family"]].latent:
-        return {"vae": f"{RESULTS}/vae/subset{wildcards.subset}/vae.pt"}
-    return {}
+    """Latent diffusion trains on the subset's VAE latents; a critic that classifies is scored on
+    the validation and test images (strategy `unified` chooses from those scores)."""
+    family = FAMILIES[GENERATORS[wildcards.generator]["family"]]
+    return ({"vae": f"{RESULTS}/vae/subset{wildcards.subset}/vae.pt"} if family.latent else {}) | (
+        {"valid": f"{RESULTS}/data/valid.h5", "test": f"{RESULTS}/data/test.h5"} if family.critic_classifies else {})
+
+
+def scoring_params(generator):
+    """How training scores its snapshots (histosynth.evaluation.scoring.run_scorer). Training keeps
+    only the snapshots a selection could choose from these scores, so they retrain when changed;
+    selection.metric and selection.alpha never do."""
+    s = config["selection"]
+    return {"encoders": ENCODERS, "backbone": s["backbone"], "images_per_class": s["images_per_class"],
+            "batch_size": s["batch_size"], "seed": s["seed"], "sampling": sampling_params(generator)}
 
 
 def inception_inputs(wildcards):
-    """Inception statistics and weights for score_checkpoints, when configured."""
+    """Inception statistics and weights for checkpoint scoring (in train_generator), when configured."""
     if not INCEPTION:
         return {}
     return {"inception_stats": f"{RESULTS}/feature_extractor/subset{wildcards.subset}/inception_stats.npz",

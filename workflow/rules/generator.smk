@@ -1,5 +1,5 @@
-# Per (generator, subset): train -> score every snapshot -> pick by smoothed FID -> bulk pool
-# -> convergence verdict against the real-vs-real reference (per subset).
+# Per (generator, subset): train, scoring every snapshot as it is written -> pick by smoothed FID
+# -> bulk pool -> convergence verdict against the real-vs-real reference (per subset).
 # Snapshots live in checkpoints/ beside the declared outputs, never declared
 # themselves: Snakemake deletes declared outputs before a rerun, and a resumed
 # training job needs them.
@@ -164,15 +164,23 @@ rule vae_quality:
         "../scripts/vae_quality.py"
 
 
+# Training scores each snapshot as it writes it and keeps only those a selection could choose
+# (histosynth.evaluation.selection.kept_epochs), so it reads the scoring spaces too.
 rule train_generator:
     input:
         unpack(generator_inputs),
+        unpack(inception_inputs),
+        unpack(encoder_inputs),
         train=f"{RESULTS}/data/train.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
     output:
         losses=f"{GEN}/losses.tsv",
+        scores=f"{GEN}/checkpoint_scores.tsv",
     params:
         cfg=lambda w: generator_params(w.generator),
+        scoring=lambda w: scoring_params(w.generator),
     threads: lambda w: GENERATORS[w.generator]["threads"]
     priority: 1  # before the classifier runs that do not wait for it
     resources:
@@ -184,37 +192,6 @@ rule train_generator:
         ENV
     script:
         "../scripts/train_generator.py"
-
-
-rule score_checkpoints:
-    input:
-        unpack(inception_inputs),
-        unpack(encoder_inputs),
-        losses=f"{GEN}/losses.tsv",
-        extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
-        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
-        train=f"{RESULTS}/data/train.h5",
-        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",  # scoring draws the subset's class mix
-    output:
-        scores=f"{GEN}/checkpoint_scores.tsv",
-    params:
-        code=lambda w: code("score_checkpoints", w.generator),
-        encoders=ENCODERS,
-        backbone=config["selection"]["backbone"],
-        images_per_class=config["selection"]["images_per_class"],
-        batch_size=config["selection"]["batch_size"],
-        seed=config["selection"]["seed"],
-        device=lambda w: GENERATORS[w.generator]["device"],
-        sampling=lambda w: sampling_params(w.generator),
-    threads: config["classifier"]["threads"]
-    resources:
-        gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
-    log:
-        f"{LOGS}/score_checkpoints/{{generator}}_subset{{subset}}.log",
-    conda:
-        ENV
-    script:
-        "../scripts/score_checkpoints.py"
 
 
 rule select_checkpoint:

@@ -11,48 +11,23 @@ combine, so `criterion` offers:
   * ``validation``: the best validation AUC (the classifier's own rule);
   * ``fid``: the generator's selected checkpoint.
 
-Ties go to the better validation AUC, then the earlier epoch. The metrics file has
-the classifier's layout, so `aggregate` tables it with the ResNet runs.
+Ties go to the better validation AUC, then the earlier epoch. Training scores every
+snapshot's class head as it writes the snapshot (histosynth.evaluation.scoring), so the
+choice needs no snapshot on disk. The metrics file has the classifier's layout, so
+`aggregate` tables it with the ResNet runs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
 
-from histosynth.checkpoint import checkpoint_path, load_checkpoint
-from histosynth.classification.classifier import scores_for_metrics
-from histosynth.classification.metrics import classification_metrics
-from histosynth.data.store import read_store
 from histosynth.errors import InputError
 from histosynth.evaluation.selection import read_scores, select_checkpoint
 from histosynth.fileio import write_json, write_text
-from histosynth.generative.families import FAMILIES, family_module
+from histosynth.generative.families import FAMILIES
 
 CRITERIA = ("fid_and_validation", "validation", "fid")
-
-
-def load_critic(snapshot_path, device="cpu") -> tuple[torch.nn.Module, dict]:
-    """The critic of a ViT-cGAN snapshot file, and the snapshot's model settings."""
-    try:
-        state = load_checkpoint(snapshot_path)
-    except Exception as e:
-        raise InputError(f"{snapshot_path}: not a readable generator snapshot ({e})") from e
-    family = FAMILIES.get(state.get("family"))
-    if family is None or not family.critic_classifies:
-        raise InputError(f"{snapshot_path}: the unified strategy needs the snapshot of a generator whose critic "
-                         f"classifies ({[n for n, f in FAMILIES.items() if f.critic_classifies]}), "
-                         f"this one is {state.get('family')!r}")
-    return family_module(state["family"]).critic_from_state(state, device), state["model"]
-
-
-def critic_metrics(critic, images, labels, batch_size=256, device="cpu") -> dict[str, float]:
-    from histosynth.generative.models.vitgan import class_probabilities
-
-    with torch.no_grad():
-        proba = class_probabilities(critic, images, batch_size, device)
-    return classification_metrics(labels, scores_for_metrics(proba))
 
 
 def choose_epoch(curve: pd.DataFrame, metric: str, criterion: str) -> int:
@@ -67,47 +42,47 @@ def choose_epoch(curve: pd.DataFrame, metric: str, criterion: str) -> int:
     return int(curve["epoch"].iloc[order[0]])
 
 
-def evaluate_unified(scores_path, ckpt_dir, valid_store, test_store, metrics_path, curve_path, *,
-                     generator: str, subset: str, seed: int = 0, metric: str = "fid", alpha: float = 0.5,
-                     criterion: str = "fid_and_validation", batch_size: int = 256, device="cpu") -> dict:
-    """Score every scored snapshot's class head on validation, pick one, test it; write both.
+def evaluate_unified(scores_path, valid_store, test_store, metrics_path, curve_path, *, generator: str,
+                     subset: str, model: dict, seed: int = 0, metric: str = "fid", alpha: float = 0.5,
+                     criterion: str = "fid_and_validation") -> dict:
+    """Pick a snapshot by `criterion` from the scores training wrote and report its class head's test metrics.
 
-    `curve_path` (TSV): per epoch the selection metric, its EMA and the validation
-    metrics. `metrics_path`: the classifier metrics layout with strategy `unified`.
+    Training scored every snapshot's class head on the validation and test images as it
+    wrote it (columns critic_valid_<metric>, critic_test_<metric>: histosynth.evaluation.scoring),
+    so no snapshot is read here; the choice looks at validation only. `model`: the
+    generator's model settings (its components). `curve_path` (TSV): per epoch the
+    selection metric, its EMA and the validation metrics. `metrics_path`: the classifier
+    metrics layout with strategy `unified`.
     """
-    from tqdm import tqdm
+    from histosynth.data.store import store_info
 
-    from histosynth.torch_utils import sampling_device
-
-    device = sampling_device(device)
     scores = read_scores(scores_path, metric)
+    names = [c.removeprefix("critic_valid_") for c in scores.columns if c.startswith("critic_valid_")]
+    if not names:
+        raise InputError(f"{scores_path}: no critic_valid_* columns: the unified strategy needs a generator whose "
+                         f"critic classifies ({[n for n, f in FAMILIES.items() if f.critic_classifies]})")
     _, curve = select_checkpoint(scores, metric, alpha)
-    x_valid, y_valid, classes = read_store(valid_store)
-    x_test, y_test, test_classes = read_store(test_store)
-    if classes != test_classes:
+    valid, test = store_info(valid_store), store_info(test_store)
+    if valid.class_names != test.class_names:
         raise InputError(f"class names differ between {valid_store} and {test_store}")
-    valid = []
-    for epoch in tqdm(curve["epoch"], desc="class head on validation"):
-        critic, _ = load_critic(checkpoint_path(ckpt_dir, int(epoch)), device)
-        valid.append(critic_metrics(critic, x_valid, y_valid, batch_size, device))
-    for k in valid[0]:
-        curve[f"valid_{k}"] = [v[k] for v in valid]
+    for k in names:
+        curve[f"valid_{k}"] = scores[f"critic_valid_{k}"].to_numpy()
     best = choose_epoch(curve, metric, criterion)
-    critic, model = load_critic(checkpoint_path(ckpt_dir, best), device)
-    test = critic_metrics(critic, x_test, y_test, batch_size, device)
     row = curve[curve.epoch == best].iloc[0]
+    chosen = scores[scores.epoch == best].iloc[0]
     result = {
         "strategy": "unified", "generator": generator, "filter": None, "subset": subset,
         "seed": seed,  # the generator's training seed: one unified run per subset
-        "best_epoch": best, "valid": {k: float(row[f"valid_{k}"]) for k in valid[0]}, "test": test,
+        "best_epoch": best, "valid": {k: float(row[f"valid_{k}"]) for k in names},
+        "test": {k: float(chosen[f"critic_test_{k}"]) for k in names},
         "selection": {"criterion": criterion, "metric": metric, "alpha": alpha, metric: float(row[metric]),
                       f"{metric}_ema": float(row[f"{metric}_ema"])},
         "components": {"class_projection": bool(model.get("class_projection", True)),
                        "selective": bool(model.get("selective", True))},
-        "class_names": classes, "n_valid": int(len(y_valid)), "n_test": int(len(y_test)), "device": str(device),
+        "class_names": valid.class_names, "n_valid": valid.n, "n_test": test.n,
     }
     write_text(curve_path, curve.to_csv(sep="\t", index=False, float_format="%.6f"))
     write_json(metrics_path, result)  # written last: its presence means the job finished
     print(f"[unified] {generator} subset {subset}: epoch {best} ({criterion}); test "
-          + " ".join(f"{k}={v:.4f}" for k, v in test.items()))
+          + " ".join(f"{k}={v:.4f}" for k, v in result["test"].items()))
     return result

@@ -64,21 +64,6 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return FrechetReference(mu1, sigma1).distance(mu2, sigma2)
 
 
-def ema_smooth(values, alpha: float) -> np.ndarray:
-    """Exponential moving average of a curve (HistoGAN eq. 5).
-
-    d̂_1 = d_1;  d̂_t = alpha · d̂_{t-1} + (1 - alpha) · d_t.  alpha = 0 leaves the
-    curve unchanged; larger alpha smooths more.
-    """
-    if not 0 <= alpha < 1:
-        raise ValueError(f"EMA alpha must be in [0, 1), got {alpha}")
-    values = np.asarray(values, dtype=np.float64)
-    smoothed = np.empty_like(values)
-    for t, d in enumerate(values):
-        smoothed[t] = d if t == 0 else alpha * smoothed[t - 1] + (1 - alpha) * d
-    return smoothed
-
-
 def kernel_inception_distance(real_features, fake_features, *, n_subsets: int = 100,
                               subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
     """KID (Bińkowski et al. 2018): unbiased MMD² with kernel k(x, y) = (x·y / d + 1)³.

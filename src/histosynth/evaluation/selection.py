@@ -7,12 +7,28 @@ rather than a lucky outlier.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
 from histosynth.errors import InputError
-from histosynth.evaluation.metrics import ema_smooth
 from histosynth.fileio import atomic_path, write_json, write_text
+
+
+def ema_smooth(values, alpha: float) -> np.ndarray:
+    """Exponential moving average of a curve (HistoGAN eq. 5).
+
+    d̂_1 = d_1;  d̂_t = alpha · d̂_{t-1} + (1 - alpha) · d_t.  alpha = 0 leaves the
+    curve unchanged; larger alpha smooths more.
+    """
+    if not 0 <= alpha < 1:
+        raise ValueError(f"EMA alpha must be in [0, 1), got {alpha}")
+    values = np.asarray(values, dtype=np.float64)
+    smoothed = np.empty_like(values)
+    for t, d in enumerate(values):
+        smoothed[t] = d if t == 0 else alpha * smoothed[t - 1] + (1 - alpha) * d
+    return smoothed
 
 
 def read_scores(path, metric: str) -> pd.DataFrame:
@@ -34,8 +50,30 @@ def read_scores(path, metric: str) -> pd.DataFrame:
     return scores.sort_values("epoch").reset_index(drop=True)
 
 
-METRICS = ("fid", "kid", "fid_inception", "kid_inception")  # what the curve may be selected on
-SHOWN = (*METRICS, "precision", "recall", "precision_inception", "recall_inception")  # also kept in the curve
+SHOWN = ("fid", "kid", "fid_inception", "kid_inception", "precision", "recall", "precision_inception",
+         "recall_inception")  # kept in the curve
+# selection.alpha's values: the schema's enum (tests/test_defaults.py checks they agree). Training
+# keeps every snapshot one of them selects (kept_epochs), so changing alpha never retrains.
+ALPHAS = tuple(round(0.1 * i, 1) for i in range(10))
+
+
+def selectable(columns) -> list[str]:
+    """The score-table columns a curve may be selected on: fid and kid per feature space
+    (fid, kid, fid_inception, kid_inception, fd_<encoder>, kid_<encoder>)."""
+    return [c for c in columns if re.fullmatch(r"(fid|kid)(_[a-z][a-z0-9_]*)?|fd_[a-z][a-z0-9_]*", c)
+            and not c.endswith("_std")]
+
+
+def kept_epochs(scores: pd.DataFrame) -> set[int]:
+    """The epochs some selectable metric and some alpha of ALPHAS select (select_checkpoint) from
+    the scores so far: the snapshots training keeps (histosynth.generative.training).
+
+    At most len(selectable) x len(ALPHAS) of them whatever the curves, and each epoch selected
+    from the whole run is among those selected from every prefix that ends on or after it
+    (the EMA is causal), so keeping the current choices loses no final one.
+    """
+    return {select_checkpoint(scores, metric, alpha)[0] for metric in selectable(scores.columns)
+            for alpha in ALPHAS}
 
 
 def select_checkpoint(scores: pd.DataFrame, metric: str = "fid", alpha: float = 0.5) -> tuple[int, pd.DataFrame]:
@@ -85,15 +123,26 @@ def plot_curve(curve: pd.DataFrame, metric: str, alpha: float, best: int, path, 
     plt.close(fig)
 
 
-def write_selection(scores_path, curve_path, choice_path, *, metric: str = "fid", alpha: float = 0.5) -> int:
+def write_selection(scores_path, curve_path, choice_path, *, metric: str = "fid", alpha: float = 0.5,
+                    snapshots=None) -> int:
     """Select from a score table; write the curve (TSV) and the chosen epoch (JSON).
 
-    The curve's plot is drawn by the convergence stage, against the real-vs-real reference.
+    `snapshots`: the training's checkpoint directory, which must hold the chosen epoch's
+    snapshot (training keeps those of kept_epochs). The curve's plot is drawn by the
+    convergence stage, against the real-vs-real reference.
     """
-    if metric not in METRICS:
-        raise InputError(f"selection metric '{metric}' is not one of {list(METRICS)}")
     scores = read_scores(scores_path, metric)
+    if metric not in selectable(scores.columns):
+        raise InputError(f"selection metric '{metric}' is not one of {selectable(scores.columns)} "
+                         f"(scored in {scores_path})")
     best, curve = select_checkpoint(scores, metric, alpha)
+    from histosynth.checkpoint import checkpoint_path, list_checkpoints  # torch: not for the plan's ALPHAS
+
+    if snapshots is not None and not checkpoint_path(snapshots, best).is_file():
+        kept = [e for e, _ in list_checkpoints(snapshots)]
+        raise InputError(f"{metric} with alpha {alpha} selects epoch {best}, whose snapshot training did not keep "
+                         f"({snapshots} holds epochs {kept}: those some metric and alpha of {list(ALPHAS)} "
+                         "selected when it ran); retrain with `snakemake --forcerun train_generator`")
     write_text(curve_path, curve.to_csv(sep="\t", index=False, float_format="%.6f"))
     row = curve[curve.epoch == best].iloc[0]
     write_json(choice_path, {"epoch": best, "metric": metric, "alpha": alpha,

@@ -6,10 +6,14 @@ State lives in a checkpoint directory that is NOT a declared Snakemake output
                      resume.prev.pt, the epoch before, is the fallback if it is damaged)
   epoch_00101.pt ... generator snapshots for checkpoint selection (every `save_every`
                      epochs after `save_from`), with the fixed evaluation noise
+Given a scorer (histosynth.evaluation.scoring), every snapshot is scored as it is written
+and only those that some selection metric and EMA alpha would choose stay on disk
+(selection.kept_epochs: at most metrics x alphas of them, however long the run); the
+scores go to checkpoint_scores.tsv at the end.
 A killed job started again continues from resume.pt and, on CPU with the same seed,
-ends with exactly
-the weights of an uninterrupted run: data order and augmentation come from
-(seed, epoch), and the torch RNG state is saved with every epoch.
+ends with exactly the weights, scores and kept snapshots of an uninterrupted run: data
+order and augmentation come from (seed, epoch), and the torch RNG state is saved with
+every epoch (scoring leaves it untouched).
 Under torchrun (WORLD_SIZE > 1) the same loop runs as one rank of a
 DistributedDataParallel run: see histosynth.generative.distributed.
 """
@@ -24,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
@@ -31,7 +36,8 @@ from histosynth.checkpoint import list_checkpoints, resume_or_start, rng_state, 
 from histosynth.data.augment import AugmentConfig
 from histosynth.data.batches import BatchIterator
 from histosynth.errors import InputError
-from histosynth.fileio import write_history
+from histosynth.evaluation.selection import kept_epochs
+from histosynth.fileio import write_history, write_text
 from histosynth.generative import distributed as ddp
 from histosynth.generative.families import FAMILIES, family_module
 from histosynth.generative.models.diffusion import ema_copy, update_ema
@@ -143,10 +149,14 @@ class GANTrainer:
 
 
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
-              cfg: GANTrainConfig, vae_path=None) -> Path:
+              cfg: GANTrainConfig, vae_path=None, scorer=None, scores_path=None) -> Path:
     """Train (or resume) a class-conditional generator on uint8 NHWC images; return the checkpoint dir.
 
     Latent diffusion families also need `vae_path`, the trained VAE (rule train_vae).
+    `scorer(device)`, when given, builds the callable that scores a snapshot file
+    (histosynth.evaluation.scoring.CheckpointScorer): snapshots are then scored as they are
+    written, the scores written to `scores_path`, and only the snapshots a selection could
+    choose are kept. Without it every snapshot is kept.
     """
     family = FAMILIES.get(cfg.family)
     if family is None:
@@ -159,13 +169,14 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     # Under torchrun (WORLD_SIZE > 1): one rank of a DistributedDataParallel run (histosynth.generative.distributed).
     device = ddp.setup(pick_device(cfg.device))
     try:
-        return _train_gan(images, labels, num_classes, Path(ckpt_dir), losses_path, cfg, vae_path, device)
+        return _train_gan(images, labels, num_classes, Path(ckpt_dir), losses_path, cfg, vae_path, device, scorer,
+                          scores_path)
     finally:
         ddp.teardown()
 
 
 def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GANTrainConfig, vae_path,
-               device: torch.device) -> Path:
+               device: torch.device, make_scorer, scores_path) -> Path:
     main = ddp.is_main()  # the only process, or rank 0: logs and writes every file
     log = print if main else (lambda *a, **k: None)
     amp = amp_dtype(device, cfg.amp)
@@ -198,9 +209,11 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
     model, state = resume_or_start(ckpt_dir / "resume.pt", run_key, "train_generator", model,
                                    restore=lambda m, s: m.load_state_dict(s), fresh=fresh_model, log=log)
     history, start = [], 1
+    scores, kept = [], set()  # one row per scored snapshot; the epochs whose snapshots stay on disk
     if state is not None:
         eval_noise = state["eval_noise"]
         history, start = state["history"], state["epoch"] + 1
+        scores, kept = state.get("scores", []), set(state.get("kept", []))
     elif main:
         # A fresh run: snapshots left by a run under other settings must not be scored.
         for _, old in list_checkpoints(ckpt_dir):
@@ -213,6 +226,7 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
         log(f"[train_generator] DistributedDataParallel over {ddp.world_size()} processes: "
             f"batch_size {cfg.batch_size} is the global batch, split across them")
     batches.set_epoch(start - 1)
+    score = make_scorer(device) if make_scorer is not None and main else None
 
     for epoch in range(start, cfg.epochs + 1):
         model.train()
@@ -233,26 +247,48 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
         history.append(row)
         log("[train_generator] " + " ".join(f"{k}={v:.4g}" for k, v in row.items()))
         if main:
+            previous = kept
             if epoch > cfg.save_from and (epoch - cfg.save_from) % cfg.save_every == 0:
-                save_checkpoint(ckpt_dir, epoch, {**model.snapshot(), "family": cfg.family,
-                                                  "eval_noise": eval_noise, "eval_labels": eval_labels})
+                path = save_checkpoint(ckpt_dir, epoch, {**model.snapshot(), "family": cfg.family,
+                                                         "eval_noise": eval_noise, "eval_labels": eval_labels})
+                if score is not None:
+                    scores.append({"epoch": epoch, **score(path)})
+                    kept = kept_epochs(pd.DataFrame(scores))
+            if score is not None:
+                row["snapshots_on_disk"] = len(list_checkpoints(ckpt_dir))  # the most this epoch held
             save_resume_state(ckpt_dir / "resume.pt", {"key": run_key, "epoch": epoch, **model.state_dict(),
                                                        "rng": rng_state(), "eval_noise": eval_noise,
-                                                       "history": history})
+                                                       "history": history, "scores": scores, "kept": sorted(kept)})
+            if score is not None:
+                # The previous epoch's choices stay one epoch more: resume.prev.pt, the fallback of a
+                # damaged resume.pt, may still name them.
+                _remove_snapshots(ckpt_dir, keep=kept | previous)
         ddp.barrier()
 
     if main:
+        if score is not None:
+            _remove_snapshots(ckpt_dir, keep=kept)
+            write_text(scores_path, pd.DataFrame(scores).to_csv(sep="\t", index=False, float_format="%.6f"))
         write_history(losses_path, history)
     ddp.barrier()
     return ckpt_dir
 
 
-def train_generator(train, subset, losses_path, ckpt_dir, cfg: dict, *, vae=None, threads: int = 1,
-                    gpus: int = 0) -> None:
+def _remove_snapshots(ckpt_dir: Path, keep: set[int]) -> None:
+    for epoch, path in list_checkpoints(ckpt_dir):
+        if epoch not in keep:
+            path.unlink()
+
+
+def train_generator(train, subset, losses_path, ckpt_dir, cfg: dict, *, vae=None, scoring: dict | None = None,
+                    scores_path=None, threads: int = 1, gpus: int = 0) -> None:
     """train_gan on the real `subset` of the `train` store with the settings `cfg` (GANTrainConfig's
-    fields): in this process, or given several GPUs as one torchrun process per GPU."""
+    fields), scoring its snapshots as they are written with the settings `scoring`
+    (histosynth.evaluation.scoring.run_scorer) into `scores_path`: in this process, or given
+    several GPUs as one torchrun process per GPU."""
     args = {"train": str(train), "subset": str(subset), "vae": str(vae) if vae else None,
-            "losses": str(losses_path), "ckpt_dir": str(ckpt_dir), "cfg": dict(cfg), "threads": threads}
+            "losses": str(losses_path), "ckpt_dir": str(ckpt_dir), "cfg": dict(cfg), "threads": threads,
+            "scoring": scoring, "scores": str(scores_path) if scores_path else None}
     if gpus > 1:
         # torchrun's ranks run train_generator_rank from this JSON (histosynth.generative.train_generator_ddp).
         ddp.launch("histosynth.generative.train_generator_ddp", args, gpus, Path(losses_path).parent / "train_generator_ddp.json")
@@ -264,9 +300,14 @@ def train_generator_rank(args: dict) -> None:
     """train_generator from plain arguments: in the job's process, or as one torchrun rank."""
     from histosynth.data.split import read_subset
     from histosynth.data.store import read_store
+    from histosynth.evaluation.scoring import run_scorer
 
     torch.set_num_threads(args["threads"])
     images, labels, class_names = read_store(args["train"], read_subset(args["subset"]))
     cfg = {**args["cfg"], "betas": tuple(args["cfg"]["betas"])}
+    scorer = None
+    if args.get("scoring"):
+        def scorer(device):
+            return run_scorer(args["scoring"], args["train"], args["subset"], str(device))
     train_gan(images, labels, len(class_names), args["ckpt_dir"], args["losses"], GANTrainConfig(**cfg),
-              vae_path=args["vae"])
+              vae_path=args["vae"], scorer=scorer, scores_path=args.get("scores"))
