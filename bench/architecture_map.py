@@ -81,7 +81,7 @@ def rule_graph(dot: Path) -> list[tuple[str, str]]:
 
 
 ORDER = ["download", "prepare", "split", "feature_extractor", "inception_stats", "reference_quality", "train_vae",
-         "vae_quality", "train_generator", "score_checkpoints", "select_checkpoint", "generate", "convergence",
+         "vae_quality", "train_generator", "select_checkpoint", "generate", "convergence",
          "filter", "quality", "quality_table", "train_classifier", "train_classifier_synthetic", "evaluate_unified",
          "aggregate", "plot_auc_by_strategy", "plot_synthetic_only_auc"]
 

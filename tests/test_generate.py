@@ -97,7 +97,7 @@ def test_training_keeps_every_snapshot_a_selection_can_choose_and_the_same_pool(
     np.testing.assert_array_equal(read_store(tmp_path / "all.h5")[0], read_store(tmp_path / "ckpt.h5")[0])
 
 
-def test_a_killed_scoring_run_resumes_to_the_same_scores_and_snapshots(trained, tmp_path, monkeypatch):
+def test_a_killed_scoring_run_resumes_to_the_same_scores_and_snapshots(trained, tmp_path, monkeypatch, capsys):
     tmp, x = trained
     adapter = family_module("histogan").Trainer
     real_step, calls = adapter.step, []
@@ -108,9 +108,13 @@ def test_a_killed_scoring_run_resumes_to_the_same_scores_and_snapshots(trained, 
             raise KeyboardInterrupt
         return real_step(self, *a, **k)
 
+    def scorer(device):  # its construction draws random numbers, as a ResNet extractor's init does
+        torch.randn(100)
+        return mean_colour_scorer(x)
+
     cfg = train_config(family="histogan", model=TINY, epochs=EPOCHS, batch_size=8, save_from=0, device="cpu")
-    run = lambda: train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv", cfg,  # noqa: E731
-                            scorer=lambda device: mean_colour_scorer(x), scores_path=tmp_path / "scores.tsv")
+    run = lambda key="": train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv", cfg,  # noqa: E731
+                                   scorer=scorer, scores_path=tmp_path / "scores.tsv", scoring_key=key)
     _, y = data()
     monkeypatch.setattr(adapter, "step", dies_in_epoch_5)
     with pytest.raises(KeyboardInterrupt):
@@ -122,6 +126,12 @@ def test_a_killed_scoring_run_resumes_to_the_same_scores_and_snapshots(trained, 
     assert [e for e, _ in list_checkpoints(tmp_path / "ckpt")] == [e for e, _ in list_checkpoints(tmp / "ckpt")]
     losses = [pd.read_csv(d / "losses.tsv", sep="\t").drop(columns="seconds") for d in (tmp, tmp_path)]
     pd.testing.assert_frame_equal(*losses)
+    # Other scoring settings never resume: the snapshots they would keep are gone.
+    capsys.readouterr()
+    run("images_per_class=8")
+    assert "is from other settings, code or data; training from epoch 1" in capsys.readouterr().out
+    assert "snapshots_on_disk" in pd.read_csv(tmp_path / "losses.tsv", sep="\t")
+    assert len(list_checkpoints(tmp_path / "ckpt")) == len(kept_epochs(pd.read_csv(tmp_path / "scores.tsv", sep="\t")))
 
 
 def test_pool_counts_seeds_and_regeneration(trained, tmp_path):

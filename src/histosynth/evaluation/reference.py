@@ -5,7 +5,7 @@ space all move it. So per subset, the real *validation* images (never trained on
 are compared with the real training subset exactly as synthetic sets are, drawn with
 the same number of images per class (rule `reference_quality`):
 
-  * ``scoring``: as many as checkpoint scoring generates (score_checkpoints), the
+  * ``scoring``: as many as checkpoint scoring generates (in train_generator), the
     line drawn on every FID curve;
   * ``kept``: r·N_i per class, as every filter keeps: the quality table's
     "Real (validation vs training subset)" row, and what each generator row's FID is

@@ -8,6 +8,8 @@ pools' code provenance never counts the metrics.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from histosynth.evaluation.metrics import FrechetReference, kernel_inception_distance, precision_recall
@@ -79,6 +81,23 @@ def critic_scores(snapshot_path, data: dict, batch_size: int, device) -> dict[st
     classify = family_module(state["family"]).load_critic(state, device)
     return {f"critic_{split}_{k}": v for split, (x, y) in data.items()
             for k, v in classification_metrics(y, scores_for_metrics(classify(x, batch_size))).items()}
+
+
+def spec_key(spec: dict) -> str:
+    """What a run's scores, and so the snapshots it keeps, depend on: the settings of `spec`
+    (run_scorer's) and the content of the real statistics and extractor it reads. A training
+    resumes only under the same key: the snapshots another scoring would keep are gone."""
+    import hashlib
+    import json
+
+    def digest(path):
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+
+    files = {k: digest(spec.get(k)) for k in ("extractor", "stats", "inception_stats")}
+    files["encoder_stats"] = {name: digest(p) for name, p in (spec.get("encoder_stats") or {}).items()}
+    settings = {k: spec.get(k) for k in ("backbone", "images_per_class", "batch_size", "seed", "sampling", "encoders")}
+    settings["critic"] = bool(spec.get("valid") or spec.get("test"))
+    return json.dumps({**settings, **files}, sort_keys=True, default=str)
 
 
 def run_scorer(spec: dict, train, subset, device):

@@ -22,7 +22,7 @@ def load_generator(snapshot_path, device="cpu", sampling: dict | None = None) ->
     """The generator of a training snapshot (epoch_XXXXX.pt), in eval mode.
 
     `sampling`: latent diffusion's sampler settings (histosynth.generative.ldm.SamplingConfig);
-    they are not part of the snapshot, so changing them never retrains.
+    they are not part of the snapshot (training's scoring and generation pass them).
     """
     try:
         state = load_checkpoint(snapshot_path)

@@ -149,14 +149,15 @@ class GANTrainer:
 
 
 def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir, losses_path,
-              cfg: GANTrainConfig, vae_path=None, scorer=None, scores_path=None) -> Path:
+              cfg: GANTrainConfig, vae_path=None, scorer=None, scores_path=None, scoring_key: str = "") -> Path:
     """Train (or resume) a class-conditional generator on uint8 NHWC images; return the checkpoint dir.
 
     Latent diffusion families also need `vae_path`, the trained VAE (rule train_vae).
     `scorer(device)`, when given, builds the callable that scores a snapshot file
     (histosynth.evaluation.scoring.CheckpointScorer): snapshots are then scored as they are
     written, the scores written to `scores_path`, and only the snapshots a selection could
-    choose are kept. Without it every snapshot is kept.
+    choose are kept. Without it every snapshot is kept. `scoring_key`: what the scores depend
+    on (scoring.spec_key); a run resumes only under the same one.
     """
     family = FAMILIES.get(cfg.family)
     if family is None:
@@ -170,13 +171,13 @@ def train_gan(images: np.ndarray, labels: np.ndarray, num_classes: int, ckpt_dir
     device = ddp.setup(pick_device(cfg.device))
     try:
         return _train_gan(images, labels, num_classes, Path(ckpt_dir), losses_path, cfg, vae_path, device, scorer,
-                          scores_path)
+                          scores_path, scoring_key)
     finally:
         ddp.teardown()
 
 
 def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GANTrainConfig, vae_path,
-               device: torch.device, make_scorer, scores_path) -> Path:
+               device: torch.device, make_scorer, scores_path, scoring_key) -> Path:
     main = ddp.is_main()  # the only process, or rank 0: logs and writes every file
     log = print if main else (lambda *a, **k: None)
     amp = amp_dtype(device, cfg.amp)
@@ -205,6 +206,8 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
     run_key = json.dumps({**asdict(cfg), "model": asdict(model.cfg)}, sort_keys=True) + f"|n={len(images)}"
     if vae_path is not None:  # a retrained VAE changes the latent space: train afresh
         run_key += "|vae=" + hashlib.sha256(Path(vae_path).read_bytes()).hexdigest()
+    if make_scorer is not None:  # the snapshots other scores would keep are gone: train afresh
+        run_key += "|scoring=" + scoring_key
 
     model, state = resume_or_start(ckpt_dir / "resume.pt", run_key, "train_generator", model,
                                    restore=lambda m, s: m.load_state_dict(s), fresh=fresh_model, log=log)
@@ -226,7 +229,11 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
         log(f"[train_generator] DistributedDataParallel over {ddp.world_size()} processes: "
             f"batch_size {cfg.batch_size} is the global batch, split across them")
     batches.set_epoch(start - 1)
-    score = make_scorer(device) if make_scorer is not None and main else None
+    score = None
+    if make_scorer is not None and main:
+        # Building it may draw random numbers (a network's init): not from the resumed streams.
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            score = make_scorer(device)
 
     for epoch in range(start, cfg.epochs + 1):
         model.train()
@@ -300,7 +307,7 @@ def train_generator_rank(args: dict) -> None:
     """train_generator from plain arguments: in the job's process, or as one torchrun rank."""
     from histosynth.data.split import read_subset
     from histosynth.data.store import read_store
-    from histosynth.evaluation.scoring import run_scorer
+    from histosynth.evaluation.scoring import run_scorer, spec_key
 
     torch.set_num_threads(args["threads"])
     images, labels, class_names = read_store(args["train"], read_subset(args["subset"]))
@@ -310,4 +317,5 @@ def train_generator_rank(args: dict) -> None:
         def scorer(device):
             return run_scorer(args["scoring"], args["train"], args["subset"], str(device))
     train_gan(images, labels, len(class_names), args["ckpt_dir"], args["losses"], GANTrainConfig(**cfg),
-              vae_path=args["vae"], scorer=scorer, scores_path=args.get("scores"))
+              vae_path=args["vae"], scorer=scorer, scores_path=args.get("scores"),
+              scoring_key=spec_key(args["scoring"]) if args.get("scoring") else "")
