@@ -66,6 +66,27 @@ def test_snapshots_losses_and_resume_equivalence(tmp_path, monkeypatch, family, 
     assert drop_seconds(tmp_path / "full.tsv") == drop_seconds(tmp_path / "killed.tsv")
 
 
+def test_a_fresh_run_that_dies_leaves_nothing_the_old_settings_would_resume(tmp_path, monkeypatch, capsys):
+    """Settings A finish; settings B start afresh (removing A's snapshots) and die; A again must
+    train from epoch 1, not resume A's state beside snapshots that are gone or B's."""
+    x, y = data()
+    train_gan(x, y, 2, tmp_path / "ref", tmp_path / "ref.tsv", cfg())
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "c.tsv", cfg())
+    adapter = family_module("histogan").Trainer
+    real_step = adapter.step
+    monkeypatch.setattr(adapter, "step", lambda self, *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        train_gan(x, y, 2, tmp_path / "c", tmp_path / "c.tsv", cfg(lr=1e-3))
+    assert not list((tmp_path / "c").iterdir())  # neither A's snapshots nor its state
+    monkeypatch.setattr(adapter, "step", real_step)
+    capsys.readouterr()
+    train_gan(x, y, 2, tmp_path / "c", tmp_path / "c.tsv", cfg())
+    assert "resuming" not in capsys.readouterr().out
+    for epoch in (2, 3):
+        a, b = (torch.load(tmp_path / d / f"epoch_{epoch:05d}.pt", weights_only=True)["G"] for d in ("ref", "c"))
+        assert all(torch.equal(v, b[k]) for k, v in a.items())
+
+
 @pytest.mark.parametrize("family,model", [("histogan", TINY), ("cgan", CGAN_TINY), ("vitgan", VITGAN_TINY)])
 def test_generator_average_half_life_and_snapshot(family, model):
     """G_ema moves toward G by 1 - 0.5 ** (batch / half-life), the half-life capped at 5 % of the

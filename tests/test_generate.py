@@ -203,3 +203,19 @@ def test_scoring_latents_are_never_pool_latents(trained, tmp_path, monkeypatch):
     top = gen.image_seeds(2**31 - 1, 1)[0] + 2**40
     assert top < gen.image_seeds(0, 1, gen.SCORING_STREAM)[0]
     assert gen.image_seeds(2**31 - 1, 10, gen.SCORING_STREAM).max() < np.iinfo(np.int64).max
+
+
+def test_a_kept_snapshot_deleted_by_hand_retrains_instead_of_resuming(trained, tmp_path, capsys):
+    import shutil
+
+    tmp, x = trained
+    shutil.copytree(tmp / "ckpt", tmp_path / "ckpt")
+    kept = list_checkpoints(tmp_path / "ckpt")
+    kept[0][1].unlink()
+    _, y = data()
+    cfg = train_config(family="histogan", model=TINY, epochs=EPOCHS, batch_size=8, save_from=0, device="cpu")
+    train_gan(x, y, 2, tmp_path / "ckpt", tmp_path / "losses.tsv", cfg, scorer=lambda device: mean_colour_scorer(x),
+              scores_path=tmp_path / "scores.tsv")
+    assert f"the snapshots of epochs [{kept[0][0]}]" in capsys.readouterr().out
+    assert [e for e, _ in list_checkpoints(tmp_path / "ckpt")] == [e for e, _ in kept]
+    assert (tmp_path / "scores.tsv").read_text() == (tmp / "scores.tsv").read_text()

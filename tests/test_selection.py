@@ -48,6 +48,9 @@ def test_select_on_kid_instead_of_fid(tmp_path):
     out = [tmp_path / n for n in ("curve.tsv", "choice.json")]
     assert write_selection(scores, *out, metric="kid", alpha=0.0) == 2
     assert json.loads(out[1].read_text())["metric"] == "kid"
+    # A lab encoder's Fréchet distance, too (fd_<name>).
+    pd.DataFrame({"epoch": [1, 2], "fid": [1.0, 2.0], "fd_uni": [3.0, 2.0]}).to_csv(scores, sep="\t", index=False)
+    assert write_selection(scores, *out, metric="fd_uni", alpha=0.0) == 2
     with pytest.raises(InputError, match="fid_inception"):
         write_selection(scores, *out, metric="fid_inception")
 

@@ -82,7 +82,7 @@ def select_checkpoint(scores: pd.DataFrame, metric: str = "fid", alpha: float = 
     The curve keeps every other metric of the score table (raw), so one file shows
     how FID and KID agree. Ties go to the earliest epoch.
     """
-    curve = scores[["epoch"] + [m for m in SHOWN if m in scores]].copy()
+    curve = scores[["epoch", *dict.fromkeys([*(m for m in SHOWN if m in scores), metric])]].copy()
     curve[f"{metric}_ema"] = ema_smooth(curve[metric].to_numpy(), alpha)
     best = int(curve["epoch"].iloc[int(np.argmin(curve[f"{metric}_ema"].to_numpy()))])
     return best, curve

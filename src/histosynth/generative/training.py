@@ -32,7 +32,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from histosynth.checkpoint import list_checkpoints, resume_or_start, rng_state, save_checkpoint, save_resume_state
+from histosynth.checkpoint import (checkpoint_path, list_checkpoints, remove_resume_state, resume_or_start,
+                                  rng_state, save_checkpoint, save_resume_state)
 from histosynth.data.augment import AugmentConfig
 from histosynth.data.batches import BatchIterator
 from histosynth.errors import InputError
@@ -211,6 +212,11 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
 
     model, state = resume_or_start(ckpt_dir / "resume.pt", run_key, "train_generator", model,
                                    restore=lambda m, s: m.load_state_dict(s), fresh=fresh_model, log=log)
+    missing = [e for e in (state or {}).get("kept", []) if not checkpoint_path(ckpt_dir, e).is_file()]
+    if missing:  # deleted by hand, or by a fresh run under other settings that died: its choices are lost
+        log(f"[train_generator] the snapshots of epochs {missing} that {ckpt_dir / 'resume.pt'} keeps are gone; "
+            "training from epoch 1")
+        model, state = fresh_model(), None
     history, start = [], 1
     scores, kept = [], set()  # one row per scored snapshot; the epochs whose snapshots stay on disk
     if state is not None:
@@ -218,7 +224,9 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
         history, start = state["history"], state["epoch"] + 1
         scores, kept = state.get("scores", []), set(state.get("kept", []))
     elif main:
-        # A fresh run: snapshots left by a run under other settings must not be scored.
+        # A fresh run: snapshots left by a run under other settings must not be scored, and their
+        # run's state must not resume (were this run to die, those settings would come back to it).
+        remove_resume_state(ckpt_dir / "resume.pt")
         for _, old in list_checkpoints(ckpt_dir):
             old.unlink()
             print(f"[train_generator] removed stale snapshot {old}")
