@@ -121,14 +121,17 @@ def fake_slurm(root: Path) -> tuple[Path, Path]:
     return bin_dir, state
 
 
-def lab_profile(root: Path) -> Path:
-    """The repository's slurm profile with its placeholders filled in, as a lab would."""
-    text = PROFILE.read_text()
-    for placeholder, value in PLACEHOLDERS.items():
-        assert placeholder in text, placeholder
-        text = text.replace(placeholder, value)
-    (root / "profile").mkdir()
-    (root / "profile/config.yaml").write_text(text)
+def lab_profile(root: Path, placeholders: dict = PLACEHOLDERS) -> Path:
+    """The repository's slurm profile (and its partitions.yaml) with the placeholders filled in, as a lab would."""
+    (root / "profile").mkdir(parents=True)
+    texts = {name: (PROFILE.parent / name).read_text() for name in ("config.yaml", "partitions.yaml")}
+    for placeholder, value in placeholders.items():
+        assert any(placeholder in t for t in texts.values()), placeholder
+        texts = {name: t.replace(placeholder, value) for name, t in texts.items()}
+    texts["config.yaml"] = texts["config.yaml"].replace("workflow/profiles/slurm/partitions.yaml",
+                                                        str(root / "profile/partitions.yaml"))
+    for name, text in texts.items():
+        (root / "profile" / name).write_text(text)
     return root / "profile"
 
 
@@ -160,6 +163,11 @@ def minutes(runtime) -> int:
 
 @pytest.mark.slow
 def test_slurm_profile_submits_cpu_and_gpu_jobs_with_their_resources(tmp_path):
+    """The fallback where no real cluster can be started (tests/test_slurm_cluster.py runs one)."""
+    from slurm_cluster import SlurmCluster
+
+    if SlurmCluster.unavailable() is None:
+        pytest.skip("a real SLURM cluster runs the profile here instead (tests/test_slurm_cluster.py)")
     checksums = write_pcam_mirror(tmp_path / "mirror")
     config = micro_config(tmp_path, checksums)
     # The raw files already where `download` puts them: one SLURM job fewer (each
@@ -252,10 +260,15 @@ def test_every_gpu_rule_goes_to_the_gpu_partition():
     for rule in rules:
         res = prof["set-resources"].get(rule)
         assert res, f"rule {rule} declares gpu but has no set-resources entry in {PROFILE}"
-        assert res["slurm_partition"] == "<your_gpu_partition>" and {"cpus_per_gpu", "mem_mb", "runtime"} <= set(res)
-        assert "gpu" not in res  # the count is the rule's (train_generator: `gpus`), never overridden here
+        assert {"cpus_per_gpu", "mem_mb", "runtime"} <= set(res)
+        # The count is the rule's (train_generator: `gpus`, 0 with device cpu), never overridden here;
+        # the partition follows from it (partitions.yaml), so a CPU stage lands on the CPU partition.
+        assert "gpu" not in res and "slurm_partition" not in res
+    partitions = yaml.safe_load((PROFILE.parent / "partitions.yaml").read_text())["partitions"]
+    assert partitions == {"<your_cpu_partition>": {"max_gpu": 0}, "<your_gpu_partition>": {"max_gpu": 8}}
+    assert prof["slurm-partition-config"] == "workflow/profiles/slurm/partitions.yaml"
     assert prof["executor"] == "slurm"
-    assert {"slurm_account", "slurm_partition", "mem_mb", "runtime"} <= set(prof["default-resources"])
+    assert {"slurm_account", "mem_mb", "runtime"} <= set(prof["default-resources"])
     # Keys the default (workflow) profile sets replace the cluster profile's, so it must set none of these.
     default = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
     assert not set(default) & set(prof), set(default) & set(prof)

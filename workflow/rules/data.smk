@@ -2,6 +2,10 @@
 
 if DATASET != "folder":
 
+    # On a cluster, where Snakemake runs: compute nodes often have no internet.
+    localrules:
+        download,
+
     rule download:
         output:
             [directory(p) if DATASET == "nct_crc_he" else p for p in raw_inputs()],
