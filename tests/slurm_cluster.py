@@ -32,6 +32,10 @@ POLICY_RC = Path("/usr/sbin/policy-rc.d")
 ETC = Path("/etc/slurm")  # keeps package scripts from starting the services
 
 
+class Unavailable(RuntimeError):
+    """The packages could not be installed here (no network, no mirror): not a failure of the pipeline."""
+
+
 def _installed(package: str) -> bool:
     out = subprocess.run(["dpkg-query", "-W", "-f=${Status}", package], capture_output=True, text=True)
     return out.returncode == 0 and "install ok installed" in out.stdout
@@ -88,8 +92,8 @@ class SlurmCluster:
             subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
             out = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if out.returncode:
-                raise RuntimeError(f"SLURM test cluster: apt-get install {' '.join(missing)} failed:\n"
-                                   f"{out.stderr[-2000:]}")
+                last = (out.stderr.strip().splitlines() or ["?"])[-1]
+                raise Unavailable(f"apt-get install {' '.join(missing)} failed: {last}")
         self.installed = missing
 
     def _uninstall(self) -> None:
@@ -97,8 +101,10 @@ class SlurmCluster:
             env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
             subprocess.run(["apt-get", "purge", "-y", "-q", *self.installed], env=env, capture_output=True)
             subprocess.run(["apt-get", "autoremove", "--purge", "-y", "-q"], env=env, capture_output=True)
+            self.installed = []
         if getattr(self, "_policy", False):
             POLICY_RC.unlink(missing_ok=True)
+            self._policy = False
 
     # -- daemons ----------------------------------------------------------------------------------
     def _spawn(self, name: str, cmd: list[str], user: str | None = None) -> None:
@@ -155,12 +161,14 @@ AccountingStoragePass={self.munge}/munge.socket
 AccountingStorageEnforce=associations
 AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:1 State=UNKNOWN
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} Gres=gpu:2 State=UNKNOWN
 PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 PartitionName=gpu Nodes=ALL MaxTime=INFINITE State=UP
 """)
-        # A gres without a File drains the node; /dev/null stands in for the device.
-        (r / "etc/gres.conf").write_text(f"NodeName={self.host} Name=gpu File=/dev/null\n")
+        # Two stand-in GPUs (two GPU jobs at once): a gres without a File drains the node, so each
+        # gets a character device that is not a GPU.
+        (r / "etc/gres.conf").write_text(f"NodeName={self.host} Name=gpu File=/dev/null\n"
+                                         f"NodeName={self.host} Name=gpu File=/dev/zero\n")
         dbd = r / "etc/slurmdbd.conf"
         dbd.write_text(f"""\
 AuthType=auth/munge
@@ -242,6 +250,7 @@ StorageLoc=histosynth_acct
                     (ETC / name).unlink()
             for path, saved in self.saved.items():
                 os.replace(saved, path)
+            self.saved = {}
         self._uninstall()
 
     def __enter__(self) -> "SlurmCluster":

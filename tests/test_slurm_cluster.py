@@ -21,7 +21,7 @@ import pytest
 import torch
 import yaml
 
-from slurm_cluster import ACCOUNT, SlurmCluster
+from slurm_cluster import ACCOUNT, SlurmCluster, Unavailable
 from test_slurm_profile import lab_profile, minutes
 from test_workflow import GAN_MICRO, micro_config, write_pcam_mirror
 
@@ -37,8 +37,19 @@ def cluster(tmp_path_factory):
     if why:
         pytest.skip(f"no real SLURM cluster on this machine ({why}); tests/test_slurm_profile.py checks the "
                     "profile against fake SLURM commands instead")
-    with SlurmCluster(tmp_path_factory.mktemp("slurm")) as c:
-        yield c
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except Unavailable as e:
+        cluster.stop()
+        pytest.skip(f"no real SLURM cluster on this machine ({e})")
+    except BaseException:
+        cluster.stop()
+        raise
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def command(tmp: Path, profile: Path, *targets) -> list[str]:
