@@ -238,7 +238,7 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
             f"batch_size {cfg.batch_size} is the global batch, split across them")
     batches.set_epoch(start - 1)
     score = None
-    if make_scorer is not None and main:
+    if make_scorer is not None and main and start <= cfg.epochs:
         # Building it may draw random numbers (a network's init): not from the resumed streams.
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             score = make_scorer(device)
@@ -269,6 +269,9 @@ def _train_gan(images, labels, num_classes, ckpt_dir: Path, losses_path, cfg: GA
                 if score is not None:
                     scores.append({"epoch": epoch, **score(path)})
                     kept = kept_epochs(pd.DataFrame(scores))
+                    log(f"[train_generator] epoch {epoch} scored: " + " ".join(
+                        f"{k}={v:.4g}" for k, v in scores[-1].items() if k in ("fid", "kid", "fid_inception"))
+                        + f"; snapshots kept: {sorted(kept)}")
             if score is not None:
                 row["snapshots_on_disk"] = len(list_checkpoints(ckpt_dir))  # the most this epoch held
             save_resume_state(ckpt_dir / "resume.pt", {"key": run_key, "epoch": epoch, **model.state_dict(),
