@@ -12,8 +12,10 @@ from pathlib import Path
 
 import torch
 
+from histosynth.checkpoint import load_checkpoint
 from histosynth.evaluation.metrics import FrechetReference, kernel_inception_distance, precision_recall
-from histosynth.generative.generate import SCORING_STREAM, class_labels, image_seeds, load_generator, sample_images
+from histosynth.generative.families import family_module
+from histosynth.generative.generate import SCORING_STREAM, class_labels, image_seeds, sample_images
 
 PR_K = 3  # k of improved precision/recall (Kynkäänniemi et al.'s default, as the quality table)
 
@@ -48,9 +50,10 @@ class CheckpointScorer:
         from histosynth.evaluation.features import extract_features, gaussian_stats  # torchvision: only scoring
 
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        state = load_checkpoint(snapshot_path)  # once: a ViT-cGAN's holds 258 MB, generator and critic
         with torch.random.fork_rng(devices=devices):
-            images = sample_images(load_generator(snapshot_path, self.device, self.sampling), self.labels, self.seeds,
-                                   self.batch_size, self.device)
+            G = family_module(state["family"]).load_generator(state, self.device, self.sampling)
+            images = sample_images(G, self.labels, self.seeds, self.batch_size, self.device)
             row = {}
             for space, (extractor, real) in self.references.items():
                 suffix = "" if space == "domain" else f"_{space}"
@@ -64,20 +67,17 @@ class CheckpointScorer:
                         f"kid{suffix}": kid, f"kid{suffix}_std": kid_std,
                         f"precision{suffix}": precision, f"recall{suffix}": recall}
             if self.critic_data:
-                row |= critic_scores(snapshot_path, self.critic_data, self.batch_size, self.device)
+                row |= critic_scores(state, self.critic_data, self.batch_size, self.device)
         return row
 
 
 @torch.no_grad()
-def critic_scores(snapshot_path, data: dict, batch_size: int, device) -> dict[str, float]:
-    """critic_<split>_<metric>: the snapshot's class head as a classifier on each split of `data`
+def critic_scores(state: dict, data: dict, batch_size: int, device) -> dict[str, float]:
+    """critic_<split>_<metric>: a loaded snapshot's class head as a classifier on each split of `data`
     ({split: (uint8 images, labels)}), through its family's load_critic."""
-    from histosynth.checkpoint import load_checkpoint
     from histosynth.classification.classifier import scores_for_metrics
     from histosynth.classification.metrics import classification_metrics
-    from histosynth.generative.families import family_module
 
-    state = load_checkpoint(snapshot_path)
     classify = family_module(state["family"]).load_critic(state, device)
     return {f"critic_{split}_{k}": v for split, (x, y) in data.items()
             for k, v in classification_metrics(y, scores_for_metrics(classify(x, batch_size))).items()}
