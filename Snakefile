@@ -40,8 +40,10 @@ rule all:
             f"{RESULTS}/generators/{{generator}}/subset{{subset}}/{{out}}",
             generator=config["generators"],
             subset=SUBSETS,
-            out=["pool.h5", "samples.png", "fid_curve.png", "convergence.json"],
+            out=["pool.h5", "samples.png", "convergence.json"],
         ),
+        expand(f"{RESULTS}/generators/{{generator}}/subset{{subset}}/fid_curve.png", generator=TRAINED_GENERATORS,
+               subset=SUBSETS),
         expand(
             f"{RESULTS}/generators/{{generator}}/subset{{subset}}/filters/{{filter}}/feature_map.png",
             generator=config["generators"],

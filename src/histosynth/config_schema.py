@@ -37,6 +37,15 @@ def load_schema(path=SCHEMA_PATH) -> dict:
     return schema
 
 
+def generator_schemas(schema: dict | None = None) -> dict[str, dict]:
+    """{family: the schema of its section}, and of an external entry (generators.EXTERNAL):
+    what generators.resolve_generators checks each generator entry against."""
+    from histosynth.generators import EXTERNAL
+
+    schema = schema if schema is not None else load_schema()
+    return {**schema["properties"]["generator"]["properties"], EXTERNAL: schema["definitions"]["external"]}
+
+
 def error_line(error: jsonschema.ValidationError, prefix: str = "") -> str:
     """`config <dotted.key>: <what is wrong>`, one line, for a schema error.
 

@@ -63,16 +63,14 @@ def resolved_config(configfiles=()) -> dict:
     """The config as the workflow sees it: config.yaml, the user's files over it, the schema's defaults."""
     from snakemake.utils import update_config
 
-    from histosynth.config_schema import validate_config
-    from histosynth.generative.families import FAMILIES, family_schema
+    from histosynth.config_schema import generator_schemas, validate_config
     from histosynth.generators import resolve_generators
 
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     for path in configfiles:
         update_config(config, yaml.safe_load(Path(path).read_text()) or {})
     validate_config(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
-    config["_generators"] = resolve_generators(config["generators"], config["generator"],
-                                               {name: family_schema(name) for name in FAMILIES})
+    config["_generators"] = resolve_generators(config["generators"], config["generator"], generator_schemas())
     return config
 
 
@@ -195,15 +193,17 @@ def classifier_costs(backbone: str, image_size: int, classes: int) -> dict:
 def costs(config, sizes, table) -> dict:
     """Every model's costs, from the table where it holds this exact model, else counted now."""
     from histosynth.generative.families import FAMILIES
+    from histosynth.generators import EXTERNAL
 
     out, cached = {}, table.get("costs", {})
-    for name in config["generators"]:
+    trained = [g for g in config["generators"] if config["_generators"][g]["family"] != EXTERNAL]
+    for name in trained:  # an external set has no model
         cfg = config["_generators"][name]
         key = _key(cfg["family"], cfg["model"], cfg.get("diffusion"), cfg.get("sampling"), config["vae"].get("model"),
                    sizes["image_size"], sizes["classes"])
         out[name] = cached.get(key) or generator_costs(cfg["family"], cfg, sizes["image_size"], sizes["classes"],
                                                        config["vae"]) | {"key": key, "family": cfg["family"]}
-    if any(FAMILIES[config["_generators"][g]["family"]].latent for g in config["generators"]):
+    if any(FAMILIES[config["_generators"][g]["family"]].latent for g in trained):
         key = _key("vae", config["vae"].get("model"), sizes["image_size"])
         out["vae"] = cached.get(key) or vae_costs(config["vae"], sizes["image_size"]) | {"key": key}
     for backbone in {config["classifier"]["backbone"], config["selection"]["backbone"]}:
@@ -283,6 +283,8 @@ def plan(config, jobs, table, workdir=ROOT) -> tuple[list[dict], dict]:
         elif rule == "generate":
             dev = on(g["device"])
             s = seconds(table, dev, f"{g['family']}_sample", n_pool * k["sample_gflop"])
+            disk["pools"] += n_pool * image_bytes
+        elif rule == "import_external":  # at most a trained generator's pool; reading files is not modelled
             disk["pools"] += n_pool * image_bytes
         elif rule == "filter":
             dev = on(cls["device"])

@@ -13,13 +13,14 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join(p for p in (SRC, os.environ.get("PYTHONPATH")) if p))
 from histosynth.data.download import expected_files  # noqa: E402
-from histosynth.config_schema import check_encoder_file, section_defaults  # noqa: E402
+from histosynth.config_schema import check_encoder_file, generator_schemas, section_defaults  # noqa: E402
+from histosynth.data import external  # noqa: E402
 from histosynth.errors import InputError  # noqa: E402
-from histosynth.generative.families import FAMILIES, family_schema  # noqa: E402
+from histosynth.generative.families import FAMILIES  # noqa: E402
 from histosynth.registry import FILTER_ALIASES, FILTERS, STRATEGIES, filter_name  # noqa: E402
-from histosynth.generators import resolve_generators  # noqa: E402
+from histosynth.generators import EXTERNAL, resolve_generators  # noqa: E402
 from histosynth.provenance import stage_code  # noqa: E402
-from histosynth.data.prepare import resolve_options  # noqa: E402
+from histosynth.data.prepare import dataset_classes, resolve_options  # noqa: E402
 
 DATASET = config["dataset"]["name"]
 RAW = f"{config['resources_dir']}/{DATASET}"
@@ -67,16 +68,26 @@ SEEDS = list(range(config["seeds"]))
 # Every generator's full settings, named variants (`generator.<name>.family`) merged over
 # their family's section and checked against its schema; rules read them from here.
 try:
-    GENERATORS = resolve_generators(config["generators"], config["generator"],
-                                    {name: family_schema(name) for name in FAMILIES})
+    GENERATORS = resolve_generators(config["generators"], config["generator"], generator_schemas())
 except InputError as e:
     raise ValueError(str(e)) from None
+# Synthetic sets made elsewhere (`family: external`) are imported (rule import_external), the
+# others trained; each set is checked now, per subset, so a missing folder or class fails
+# before any job runs.
+EXTERNAL_GENERATORS = [g for g in config["generators"] if GENERATORS[g]["family"] == EXTERNAL]
+TRAINED_GENERATORS = [g for g in config["generators"] if g not in EXTERNAL_GENERATORS]
+try:
+    _classes = dataset_classes(DATASET, RAW, config["dataset"]["options"], config["dataset"]["classes"])
+    EXTERNAL_SOURCES = {(g, s): external.scan(g, GENERATORS[g]["path"], s, GENERATORS[g]["classes"], _classes)
+                        for g in EXTERNAL_GENERATORS for s in SUBSETS}
+except InputError as e:
+    raise ValueError(f"config {e}") from None
 # Strategies on real data run per (subset, seed); the synthetic ones also per (generator, filter);
 # `unified` (the ViT-cGAN critic as classifier) per vitgan-family generator and subset.
 REAL_STRATEGIES = [s for s in config["strategies"] if STRATEGIES[s].data == "real"]
 SYNTHETIC_STRATEGIES = [s for s in config["strategies"] if STRATEGIES[s].data == "synthetic"]
-UNIFIED_GENERATORS = [g for g in config["generators"] if FAMILIES[GENERATORS[g]["family"]].critic_classifies]
-LATENT_GENERATORS = [g for g in config["generators"] if FAMILIES[GENERATORS[g]["family"]].latent]
+UNIFIED_GENERATORS = [g for g in TRAINED_GENERATORS if FAMILIES[GENERATORS[g]["family"]].critic_classifies]
+LATENT_GENERATORS = [g for g in TRAINED_GENERATORS if FAMILIES[GENERATORS[g]["family"]].latent]
 if SYNTHETIC_STRATEGIES and not (config["generators"] and config["filters"]):
     raise ValueError(f"config strategies {SYNTHETIC_STRATEGIES} train on synthetic images and need at least one "
                      "entry in `generators` and in `filters` (or keep strategies: [baseline, traditional])")
@@ -176,6 +187,16 @@ def scoring_params(generator):
             "batch_size": s["batch_size"], "seed": s["seed"], "sampling": sampling_params(generator)}
 
 
+def external_params(wildcards):
+    """What an external set's pool is made of: its content (a digest of its images' bytes, cached
+    per file beside the results) and class mapping, never its location, so moving the files
+    reruns nothing and replacing one reruns this generator's branch."""
+    source = EXTERNAL_SOURCES[(wildcards.generator, int(wildcards.subset))]
+    cache = f"{RESULTS}/generators/{wildcards.generator}/subset{wildcards.subset}/.source_sha256.json"
+    return {"sha256": external.content_digest(source, cache), "classes": source.classes,
+            "kind": "folder" if source.files is not None else "hdf5"}
+
+
 def inception_inputs(wildcards):
     """Inception statistics and weights for checkpoint scoring (in train_generator), when configured."""
     if not INCEPTION:
@@ -201,6 +222,14 @@ def filter_params(name):
     f = config["filtering"]
     return {"name": name, "ratio": config["generation"]["ratio"], "batch_size": f["batch_size"],
             "exclude_copies": f["exclude_copies"], **{key: f[key] for key in FILTERS[name].settings}}
+
+
+def selected_snapshot(wildcards):
+    """The chosen snapshot of a trained generator, whose threshold filters draw more from it; an
+    external set has none."""
+    if wildcards.generator in EXTERNAL_GENERATORS:
+        return {}
+    return {"choice": f"{RESULTS}/generators/{wildcards.generator}/subset{wildcards.subset}/selected.json"}
 
 
 def copy_thresholds(wildcards):

@@ -7,9 +7,9 @@ FILT = f"{GEN}/filters/{{filter}}"
 rule filter:
     input:
         unpack(copy_thresholds),
+        unpack(selected_snapshot),
         pool=f"{GEN}/pool.h5",
         pool_features=f"{GEN}/pool_features.npz",
-        choice=f"{GEN}/selected.json",
         train=f"{RESULTS}/data/train.h5",
         subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
         extractor=f"{RESULTS}/feature_extractor/subset{{subset}}/model.pt",
@@ -22,7 +22,7 @@ rule filter:
         cfg=lambda w: filter_params(w.filter),
         backbone=config["selection"]["backbone"],
         device=lambda w: GENERATORS[w.generator]["device"],
-        # Only the threshold filters generate beyond the pool.
+        # Only the threshold filters generate beyond the pool (an external set's cannot).
         sampling=lambda w: sampling_params(w.generator) if FILTERS[w.filter].draws else {},
     threads: config["classifier"]["threads"]
     resources:

@@ -1,5 +1,6 @@
 # Per (generator, subset): train, scoring every snapshot as it is written -> pick by smoothed FID
-# -> bulk pool -> convergence verdict against the real-vs-real reference (per subset).
+# -> bulk pool -> convergence verdict against the real-vs-real reference (per subset). An
+# external set (family: external) is imported as the pool instead (rule import_external).
 # Snapshots live in checkpoints/ beside the declared outputs, never declared
 # themselves: Snakemake deletes declared outputs before a rerun, and a resumed
 # training job needs them.
@@ -186,6 +187,8 @@ rule train_generator:
     resources:
         # `gpus` > 1: one torchrun process per GPU (DistributedDataParallel, histosynth.generative.distributed).
         gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else GENERATORS[w.generator].get("gpus", 1),
+    wildcard_constraints:
+        generator=one_of(TRAINED_GENERATORS),
     log:
         f"{LOGS}/train_generator/{{generator}}_subset{{subset}}.log",
     conda:
@@ -204,6 +207,8 @@ rule select_checkpoint:
         code=code("select_checkpoint"),
         alpha=config["selection"]["alpha"],
         metric=config["selection"]["metric"],
+    wildcard_constraints:
+        generator=one_of(TRAINED_GENERATORS),
     log:
         f"{LOGS}/select_checkpoint/{{generator}}_subset{{subset}}.log",
     conda:
@@ -232,12 +237,41 @@ rule generate:
     threads: config["classifier"]["threads"]
     resources:
         gpu=lambda w: 0 if GENERATORS[w.generator]["device"] == "cpu" else 1,
+    wildcard_constraints:
+        generator=one_of(TRAINED_GENERATORS),
     log:
         f"{LOGS}/generate/{{generator}}_subset{{subset}}.log",
     conda:
         ENV
     script:
         "../scripts/generate.py"
+
+
+# A synthetic set made elsewhere: pool_factor·r·N_i of its images per class (all when fewer),
+# resized as the real data were (histosynth.data.external).
+rule import_external:
+    input:
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+    output:
+        pool=f"{GEN}/pool.h5",
+        grid=report(f"{GEN}/samples.png", category="Synthetic samples", subcategory="{generator}",
+                    caption="../report/samples.rst", labels={"generator": "{generator}", "subset": "{subset}"}),
+        sources=f"{GEN}/sources.tsv",
+    params:
+        code=code("import_external"),
+        source=external_params,
+        ratio=config["generation"]["ratio"],
+        pool_factor=config["generation"]["pool_factor"],
+        seed=config["generation"]["seed"],
+    wildcard_constraints:
+        generator=one_of(EXTERNAL_GENERATORS),
+    log:
+        f"{LOGS}/import_external/{{generator}}_subset{{subset}}.log",
+    conda:
+        ENV
+    script:
+        "../scripts/import_external.py"
 
 
 # Is the selected snapshot near real-vs-real? Its first r·N_i pool images per class scored
@@ -289,7 +323,27 @@ rule convergence:
     threads: config["classifier"]["threads"]
     log:
         f"{LOGS}/convergence/{{generator}}_subset{{subset}}.log",
+    wildcard_constraints:
+        generator=one_of(TRAINED_GENERATORS),
     conda:
         ENV
     script:
         "../scripts/convergence.py"
+
+
+# An external set has no checkpoints: its pool is judged alone, without a curve.
+use rule convergence as convergence_external with:
+    input:
+        pool=f"{GEN}/pool.h5",
+        pool_features=f"{GEN}/pool_features.npz",
+        reference=f"{RESULTS}/feature_extractor/subset{{subset}}/reference.json",
+        train=f"{RESULTS}/data/train.h5",
+        subset=f"{RESULTS}/subsets/subset{{subset}}.npy",
+        stats=f"{RESULTS}/feature_extractor/subset{{subset}}/real_stats.npz",
+    output:
+        metrics=f"{GEN}/convergence.json",
+        memorisation=f"{GEN}/memorisation.tsv",
+    wildcard_constraints:
+        generator=one_of(EXTERNAL_GENERATORS),
+    log:
+        f"{LOGS}/convergence/{{generator}}_subset{{subset}}.log",

@@ -30,6 +30,8 @@ PCAM_FILE = "camelyonpatch_level_2_split_{split}_{xy}.h5"
 PCAM_CLASSES = ["normal", "tumor"]
 PCAM_SIZE = 96
 NCT_DIRS = {"train": "NCT-CRC-HE-100K", "test": "CRC-VAL-HE-7K"}
+# The tissue classes of Zenodo record 1214456 (one folder each); prepare reads them from the tree.
+NCT_CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"]
 DEMO_FILES = {"normal": "cmu_small_region.svs", "tumor": "target_image.png"}
 # What PIL raises for a truncated, corrupt or non-image file.
 UNREADABLE_IMAGE = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
@@ -64,6 +66,18 @@ def prepare_dataset(name: str, raw_dir, out_dir, *, classes: list[str] | None = 
             f.write("\n".join(table) + "\n")
     print("\n".join(table))
     return counts
+
+
+def dataset_classes(name: str, raw_dir, options: dict | None, classes: list[str] | None) -> list[str] | None:
+    """The class names `prepare` writes, known before it runs (for start-up checks of what names
+    classes, e.g. an external synthetic set); None when only data not there yet can tell."""
+    if classes:
+        return list(classes)
+    tree = {"folder": Path(resolve_options(name, options)["root"] or "") if name == "folder" else None,
+            "nct_crc_he": Path(raw_dir) / NCT_DIRS["train"]}.get(name)
+    if tree is not None and tree.is_dir():
+        return sorted(p.name for p in tree.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return {"pcam": PCAM_CLASSES, "nct_crc_he": NCT_CLASSES, "demo": list(DEMO_FILES)}.get(name)
 
 
 # ---------------------------------------------------------------------------
@@ -187,7 +201,7 @@ def _select_classes(available: list[str], classes: list[str] | None, where) -> l
     return list(classes)
 
 
-def _resize(images: np.ndarray, size: int | None) -> np.ndarray:
+def resize_images(images: np.ndarray, size: int | None) -> np.ndarray:
     """Antialiased LANCZOS resize of a batch to size x size (PIL); None or native size = unchanged."""
     if size is None or images.shape[1:3] == (size, size):
         return images
@@ -220,7 +234,7 @@ def _stratified_split(labels: np.ndarray, fractions: dict, seed: int) -> dict[st
     return {s: np.sort(np.concatenate(parts[s])) if parts[s] else np.zeros(0, np.int64) for s in names}
 
 
-def _load_rgb(path) -> np.ndarray:
+def load_rgb(path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))
@@ -228,7 +242,7 @@ def _load_rgb(path) -> np.ndarray:
         raise InputError(f"{path}: not a readable image ({e})") from e
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
@@ -247,7 +261,7 @@ def _write_files(path, files: list[Path], labels: np.ndarray, class_names, image
     by default the first file; returns the reference so later splits are held to it.
     """
     if reference is None:
-        reference = (files[0], _load_rgb(files[0]).shape[:2])
+        reference = (files[0], load_rgb(files[0]).shape[:2])
     ref_file, (h, w) = reference
     shape = (image_size, image_size, 3) if image_size else (h, w, 3)
     step = 1024
@@ -255,11 +269,11 @@ def _write_files(path, files: list[Path], labels: np.ndarray, class_names, image
         for lo in tqdm(range(0, len(files), step), desc=desc, unit="block"):
             block = []
             for f in files[lo:lo + step]:
-                img = _load_rgb(f)
+                img = load_rgb(f)
                 if image_size is None and img.shape[:2] != (h, w):
                     raise InputError(f"{f}: image is {img.shape[1]}x{img.shape[0]} px, expected {w}x{h} like "
                                      f"{ref_file} (or set image_size to resize all images to one size)")
-                block.append(_resize(img[None], image_size)[0])
+                block.append(resize_images(img[None], image_size)[0])
             writer.append(np.stack(block), labels[lo:lo + step])
     return reference
 
@@ -294,7 +308,7 @@ def _prepare_pcam(raw_dir: Path, stage, classes, image_size, opts, base) -> dict
                     except OSError as e:  # truncated or corrupt chunks surface only on read
                         raise InputError(f"{x_path}: failed reading rows {lo}..{lo + BLOCK} ({e}); "
                                          f"the file is corrupt, download it again") from e
-                    writer.append(_resize(block[kept], image_size), labels[lo:lo + BLOCK][kept])
+                    writer.append(resize_images(block[kept], image_size), labels[lo:lo + BLOCK][kept])
         counts[split] = {c: int((labels == i).sum()) for i, c in enumerate(keep)}
     return counts
 
@@ -359,7 +373,7 @@ def _class_files(root: Path, keep: list[str]) -> tuple[list[Path], np.ndarray]:
         folder = root / c
         if not folder.is_dir():
             raise InputError(f"{folder}: class folder not found (classes {keep} must all be in {root})")
-        found = _image_files(folder)
+        found = image_files(folder)
         if not found:
             raise InputError(f"{folder}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += found
@@ -418,7 +432,7 @@ def _prepare_demo(raw_dir: Path, stage, classes, image_size, opts, base) -> dict
     for s in SPLITS:
         y = np.concatenate(labels[s])
         provenance = {**base, "split": s, "source_files": [g["source"] for g in grid.values()], "grid": grid}
-        write_store(stage(f"{s}.h5"), _resize(np.concatenate(patches[s]), image_size), y, keep, provenance)
+        write_store(stage(f"{s}.h5"), resize_images(np.concatenate(patches[s]), image_size), y, keep, provenance)
         counts[s] = {c: int((y == i).sum()) for i, c in enumerate(keep)}
     return counts
 
@@ -458,7 +472,7 @@ def _prepare_folder(raw_dir: Path, stage, classes, image_size, opts, base) -> di
         return _write_splits(stage, split_rows, {"all": files}, {"all": labels}, keep, image_size, base,
                              "folder", {s: str(root) for s in SPLITS})
     for c in keep:
-        if not _image_files(root / c):
+        if not image_files(root / c):
             raise InputError(f"{root / c}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     files, labels, sources, seen = {}, {}, {}, {}
     for split in SPLITS:

@@ -31,6 +31,7 @@ class StoreInfo:
     image_shape: tuple[int, int, int]
     class_names: list[str]
     provenance: dict
+    extras: tuple[str, ...] = ()  # the per-image arrays beside images and labels (write_store's `extra`)
 
 
 def write_store(path, images: np.ndarray, labels: np.ndarray, class_names, provenance=None,
@@ -91,6 +92,7 @@ def store_info(path) -> StoreInfo:
             image_shape=tuple(int(s) for s in f["images"].shape[1:]),
             class_names=json.loads(f.attrs["class_names"]),
             provenance=json.loads(f.attrs.get("provenance", "{}")),
+            extras=tuple(sorted(set(f) - {"images", "labels"})),
         )
 
 

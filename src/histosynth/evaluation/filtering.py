@@ -6,7 +6,9 @@ writes the survivors with their scores. The threshold filters (`realism`,
 `realism_class`, `confidence`) can pass fewer images than the target; then more
 are generated from the selected checkpoint (seeds continuing the pool's) and
 scored until every class is full, as the latent-diffusion paper keeps
-real:synthetic at 1:1. How many were drawn is recorded.
+real:synthetic at 1:1. How many were drawn is recorded. An external set
+(histosynth.data.external) has no checkpoint to draw from: a threshold filter
+short of its target there is an error that says so.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from histosynth.data.store import read_extra, read_store, write_store
+from histosynth.data.store import read_extra, read_store, store_info, write_store
 from histosynth.errors import InputError
 from histosynth.evaluation import filters
 from histosynth.evaluation.metrics import realism_score
@@ -138,7 +140,7 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
     copies are passed over (`none`: the next pool images; `selective`: ranked last in both
     halvings; threshold filters: they fail, and images drawn beyond the pool are audited too)."""
     images, labels, class_names = read_store(pool_path)
-    seeds = read_extra(pool_path, "seeds")
+    seeds = read_extra(pool_path, "seeds") if "seeds" in store_info(pool_path).extras else None  # None: external
     n_classes = len(class_names)
     targets = target_counts(real_labels, n_classes, cfg.ratio)
     is_copy = _copy_audit(cfg, reference_path, real_images, real_features, classifier_path, backbone, n_classes,
@@ -168,6 +170,12 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
         keep, short = scorer.select(labels, score, targets, copy)
         G = None
         while any(short.values()):
+            if seeds is None:
+                raise InputError(
+                    f"filter '{cfg.name}': of the external set's pool ({pool_path}), too few images pass to keep "
+                    "r·N_i per class: short of " + ", ".join(f"{n} {class_names[c]}" for c, n in short.items() if n)
+                    + "; an external set cannot be sampled further: give more images, lower the filter's "
+                      "threshold or generation.ratio")
             if drawn >= cfg.max_draw_factor * sum(targets.values()):
                 raise InputError(
                     f"filter '{cfg.name}': after drawing {drawn} extra images, still short of "
@@ -190,12 +198,13 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
             print(f"[filter] {cfg.name}: drew {len(new_labels)} more images ({drawn} in all); short: {short}")
         scores = {"score": score}
     kept = np.bincount(labels[keep], minlength=n_classes)
-    summary = {"filter": cfg.name, "settings": asdict(cfg), "pool": int(len(seeds) - drawn), "drawn": drawn,
+    summary = {"filter": cfg.name, "settings": asdict(cfg), "pool": int(len(labels) - drawn), "drawn": drawn,
                "target": {class_names[c]: n for c, n in targets.items()},
                "kept": {class_names[c]: int(kept[c]) for c in range(n_classes)},
                **({"copies_excluded": int(copy.sum())} if cfg.exclude_copies else {})}
     write_store(out_path, images[keep], labels[keep], class_names, {"pool": str(pool_path), **summary},
-                extra={"pool_index": keep.astype(np.int64), "seeds": seeds[keep].astype(np.int64),
+                extra={"pool_index": keep.astype(np.int64),
+                       **({"seeds": seeds[keep].astype(np.int64)} if seeds is not None else {}),
                        **{k: v[keep].astype(np.float64) for k, v in scores.items()}})
     write_json(summary_path, summary)
     print(f"[filter] {cfg.name}: kept {summary['kept']} of a pool of {summary['pool']}"
@@ -205,17 +214,17 @@ def filter_pool(cfg: FilterConfig, pool_path, real_images: np.ndarray, real_labe
 
 def filter_selected(cfg: FilterConfig, pool_path, train, subset, choice_path, out_path, summary_path, *,
                     real, device: str, sampling=None, reference=None, pool_features=None) -> dict:
-    """filter_pool on the pool of the selected snapshot (`choice_path`), against the real `subset` of
-    the `train` store and its domain features (`real`: spaces.RealFeatures)."""
+    """filter_pool on the pool of the selected snapshot (`choice_path`; None for an external set),
+    against the real `subset` of the `train` store and its domain features (`real`: spaces.RealFeatures)."""
     from histosynth.checkpoint import selected_snapshot
     from histosynth.data.split import read_subset
     from histosynth.evaluation.features import load_pool_features, load_stats
     from histosynth.torch_utils import sampling_device
 
     real_images, real_labels, _ = read_store(train, read_subset(subset))
-    _, snapshot = selected_snapshot(choice_path)
+    snapshot = selected_snapshot(choice_path)[1] if choice_path else None
     return filter_pool(cfg, pool_path, real_images, real_labels, load_stats(real.stats)["features"], real.extractor,
                        real.backbone, snapshot, out_path, summary_path, device=sampling_device(device),
                        sampling=sampling, reference_path=reference,
                        pool_features=None if pool_features is None else load_pool_features(
-                           pool_features, len(read_extra(pool_path, "seeds"))))
+                           pool_features, store_info(pool_path).n))

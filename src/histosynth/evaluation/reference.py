@@ -109,13 +109,13 @@ def verdict(fid: float, recall: float, reference_fid: float, *, max_fid_ratio: f
 
 
 def write_convergence(path, real_features: np.ndarray, pool_features: np.ndarray, reference: Mapping, *,
-                      generator: str, subset, epoch: int, quality: Mapping, max_fid_ratio: float,
+                      generator: str, subset, epoch: int | None, quality: Mapping, max_fid_ratio: float,
                       min_recall: float, memorisation: Mapping | None = None) -> dict:
     """Score the selected snapshot's `kept`-sized pool draw like the reference and write the verdict (JSON),
-    with the pool's memorisation audit when given."""
+    with the pool's memorisation audit when given. `epoch` is None for an external set (no snapshots)."""
     metrics = _metrics({"domain": real_features}, {"domain": pool_features}, quality)["domain"]
     ref = reference["kept"]["domain"]
-    result = {"generator": generator, "subset": subset, "epoch": int(epoch),
+    result = {"generator": generator, "subset": subset, "epoch": None if epoch is None else int(epoch),
               **verdict(metrics["fid"], metrics["recall"], ref["fid"], max_fid_ratio=max_fid_ratio,
                         min_recall=min_recall),
               "pool": metrics, "reference": ref, **({"memorisation": dict(memorisation)} if memorisation else {})}
@@ -186,7 +186,8 @@ def judge_convergence(pool_path, pool_features_path, choice_path, curve_path, re
     """Is the selected snapshot near real-vs-real? Its pool's first r·N_i per class (domain features:
     `pool_features_path`) scored like the reference against the subset's (`real_stats`), the verdict
     written with the memorisation audit of the whole pool (every image's nearest training image:
-    `memorisation_path`), and the checkpoint curve drawn against the reference."""
+    `memorisation_path`), and the checkpoint curve drawn against the reference. An external set
+    (histosynth.data.external) has no snapshot: `choice_path`, `curve_path` and `plot_path` are None."""
     import json
 
     import pandas as pd
@@ -200,7 +201,7 @@ def judge_convergence(pool_path, pool_features_path, choice_path, curve_path, re
     train_images, labels, class_names = read_store(train, read_subset(subset))
     with open(reference_path) as f:
         reference = json.load(f)
-    epoch, _ = selected_snapshot(choice_path)
+    epoch = selected_snapshot(choice_path)[0] if choice_path else None
     pool, pool_labels, _ = read_store(pool_path)
     draw = first_per_class(pool_labels, target_counts(labels, len(class_names), ratio))
     stats = load_stats(real_stats)
@@ -212,6 +213,8 @@ def judge_convergence(pool_path, pool_features_path, choice_path, curve_path, re
                                subset=subset_index, epoch=epoch, quality=quality,
                                max_fid_ratio=converged["max_fid_ratio"], min_recall=converged["min_recall"],
                                memorisation={k: v for k, v in copies.items() if k != "closest"})
+    if plot_path is None:
+        return result
     state = "converged" if result["converged"] else "NOT CONVERGED"
     title = (f"{generator}, subset {subset_index}: {state} (pool FID {result['fid_ratio']:.1f}x real vs real, "
              f"recall {100 * result['recall']:.0f} %)")

@@ -71,8 +71,8 @@ def convergence_note(convergence: dict[str, dict[str, dict]]) -> str:
     if not failed:
         return ""
     rule = next(iter(next(iter(convergence.values())).values()))["rule"]
-    return (f"{NOT_CONVERGED}: {', '.join(generator_name(g) for g in failed)} (selected snapshot's images "
-            f"fail {rule}): their images are far from real tissue, so results from them are noise, not evidence.")
+    return (f"{NOT_CONVERGED}: {', '.join(generator_name(g) for g in failed)} (their pool's images fail {rule}): "
+            "their images are far from real tissue, so results from them are noise, not evidence.")
 
 
 def best_marks(values, higher: bool = True) -> list[bool]:
