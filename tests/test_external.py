@@ -158,7 +158,7 @@ def test_a_class_left_out_and_an_unreadable_image(tmp_path):
     bad = Path(template.format(subset=0)) / "1" / "00003.png"
     bad.write_bytes(b"not a png")
     with pytest.raises(InputError, match=r"00003.png: not a readable image"):
-        import_into(tmp_path, source, pool_factor=1)
+        import_into(tmp_path, source, pool_factor=2)  # a pool of 10 per class: every image read
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())  # nothing half-written
 
 

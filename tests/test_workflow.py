@@ -6,7 +6,6 @@ import gzip
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -309,55 +308,6 @@ def test_synthetic_strategies_tables_figures_and_report(finished_run):
         assert needle in report, needle
     for caption in ("paired t-test", "Fig. 5", "Fig. 6", "before any filtering", "Checkpoint selection for"):
         assert caption in report, caption
-
-
-@pytest.mark.slow
-def test_external_sets_run_beside_a_trained_generator(finished_run):
-    """A published set in the layout of Zenodo record 13928371 (generator / filter / subset folders of
-    class-labelled images) and a lab's canonical HDF5 store, evaluated next to HistoGAN: the same
-    filter, strategy and tables; their content, not their location, reruns them."""
-    from test_external import write_canonical_set, write_zenodo_layout
-
-    tmp, config = finished_run
-    template = write_zenodo_layout(tmp / "zenodo_13928371", n_per_class=20)
-    external = {"dit_pub": {"family": "external", "path": template, "classes": {"0": "normal", "1": "tumor"},
-                            "device": "cpu"},
-                "lab": {"family": "external", "path": str(write_canonical_set(tmp / "lab.h5")), "device": "cpu"}}
-    config = {**config, **GAN_MICRO, "strategies": ["baseline", "traditional", "synthetic_only"],
-              "filters": ["selective"], "generators": ["histogan", "dit_pub", "lab"],
-              "generator": {**GAN_MICRO["generator"], **external}}
-    snakemake(tmp, config)
-    results = tmp / "results/pcam"
-    for name in ("dit_pub", "lab"):
-        gen = results / "generators" / name / "subset0"
-        _, labels, _ = read_store(gen / "pool.h5")
-        assert np.bincount(labels).tolist() == [20, 20]  # 4 r N_i per class, as HistoGAN's pool
-        assert json.loads((gen / "convergence.json").read_text())["epoch"] is None
-        assert not (gen / "fid_curve.png").exists() and not (gen / "checkpoint_scores.tsv").exists()
-        assert len((gen / "sources.tsv").read_text().splitlines()) == 41
-    quality = pd.read_csv(results / "tables/quality.tsv", sep="\t", keep_default_na=False)
-    assert list(quality[quality["class"] == ""].generator) == ["real", "histogan", "dit_pub", "lab"]
-    table = pd.read_csv(results / "tables/classification.tsv", sep="\t", keep_default_na=False)
-    synthetic_only = table[table.strategy == "synthetic_only"]
-    assert list(synthetic_only.generator) == ["histogan", "dit_pub", "lab"] and (synthetic_only["n"] == 2).all()
-    # Moved elsewhere, same files: nothing reruns. One image replaced: that set's branch only.
-    moved = tmp / "moved"
-    shutil.move(tmp / "zenodo_13928371", moved)
-    config["generator"]["dit_pub"]["path"] = template.replace(str(tmp / "zenodo_13928371"), str(moved))
-    assert scheduled_jobs(snakemake(tmp, config, "-n")) == {}
-    victim = moved / "DiT/none/subset0/1/00003.png"
-    victim.write_bytes((moved / "DiT/none/subset0/1/00004.png").read_bytes())
-    assert scheduled_jobs(snakemake(tmp, config, "-n")) == {
-        "import_external": 1, "pool_features": 1, "filter": 1, "quality": 1, "quality_table": 1,
-        "convergence_external": 1, "train_classifier_synthetic": 2, "aggregate": 1, "plot_synthetic_only_auc": 1}
-    # A folder that is not there, or a class the dataset lacks: one line at start-up, no job run.
-    for path, classes, needle in ((str(tmp / "nowhere"), {}, "is not a folder"),
-                                  (config["generator"]["dit_pub"]["path"], {"0": "normal", "1": "stroma"},
-                                   "class folder {path}/1 is not a class of the dataset (normal, tumor)")):
-        bad = {**config, "generator": {**config["generator"], "dit_pub": {**external["dit_pub"], "path": path,
-                                                                          "classes": classes}}}
-        proc = snakemake(tmp, bad, "-n", check=False)
-        assert proc.returncode != 0 and needle.format(path=path.format(subset=0)) in proc.stdout + proc.stderr
 
 
 @pytest.mark.slow

@@ -177,27 +177,26 @@ def content_digest(source: Source, cache_path) -> str:
 
 
 def _folder_images(source: Source, c: str, take, image_size: int):
-    """The chosen images of class `c`: (images, [(relative file, sha256)]), in a content order, so
-    the same images give the same pool wherever they live and whatever they are called."""
+    """The chosen images of class `c`: (images, [(relative file, sha256)]), chosen in content order,
+    so the same images give the same pool wherever they live and whatever they are called."""
     from PIL import Image
 
     from histosynth.data.prepare import UNREADABLE_IMAGE, resize_images
 
-    blobs = []
-    for p in source.files[c]:
-        data = p.read_bytes()
-        blobs.append((hashlib.sha256(data).hexdigest(), str(p.relative_to(source.path)), data))
-    blobs.sort(key=lambda b: b[:2])
-    chosen = [blobs[i] for i in take(len(blobs))]
+    files = sorted((file_sha256(p), str(p.relative_to(source.path))) for p in source.files[c])
+    chosen = [files[i] for i in take(len(files))]
     images = np.empty((len(chosen), image_size, image_size, 3), np.uint8)
-    for i, (_, rel, data) in enumerate(chosen):
+    for i, (digest, rel) in enumerate(chosen):
+        data = (source.path / rel).read_bytes()
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise InputError(f"{source.path / rel}: changed while the set was being imported; run again")
         try:
             with Image.open(io.BytesIO(data)) as im:
                 rgb = np.asarray(im.convert("RGB"))
         except UNREADABLE_IMAGE as e:
             raise InputError(f"{source.path / rel}: not a readable image ({e})") from e
         images[i] = resize_images(rgb[None], image_size)[0]
-    return images, [(rel, digest) for digest, rel, _ in chosen]
+    return images, [(rel, digest) for digest, rel in chosen]
 
 
 def _store_images(source: Source, c: str, take, image_size: int):
