@@ -48,7 +48,8 @@ def dry_run_jobs(configfiles=(), workdir=ROOT) -> list[tuple[str, dict]]:
         cmd += ["--configfile", *map(str, configfiles)]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"histosynth plan: the dry run failed:\n{out.stderr.strip()[-2000:]}")
+        # Snakemake writes a config error to stdout, its notices to stderr: the end of both.
+        raise SystemExit(f"histosynth plan: the dry run failed:\n{(out.stderr + out.stdout).strip()[-2000:]}")
     jobs, rule = [], None
     for line in out.stdout.splitlines():
         if m := re.match(r"^(?:local)?rule (\w+):$", line.strip()):
