@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import tempfile
 import zipfile
 from pathlib import Path
@@ -29,10 +30,17 @@ SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "co
 
 def load_schema(path=SCHEMA_PATH) -> dict:
     """The config schema, with every registered family's section (its <family>.yaml in
-    histosynth/generative/families) under `generator`."""
+    histosynth/generative/families) under `generator`: a fresh copy, parsed once per process."""
+    return copy.deepcopy(_parsed_schema(str(path)))
+
+
+@functools.cache
+def _parsed_schema(path: str) -> dict:
+    # Every Snakemake start (a dry run, each cluster job) reads it several times: parse it once,
+    # with libyaml's parser where PyYAML has it (~10x the pure-Python one).
     from histosynth.generative.families import FAMILIES, family_schema
 
-    schema = yaml.safe_load(Path(path).read_text())
+    schema = yaml.load(Path(path).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     schema["properties"]["generator"]["properties"] = {name: family_schema(name) for name in FAMILIES}
     return schema
 
