@@ -19,7 +19,6 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from histosynth.data import tissue
 from histosynth.data.store import FORMAT_VERSION, write_store
 from histosynth.errors import InputError
 from histosynth.fileio import temp_path_beside
@@ -403,6 +402,8 @@ def _write_splits(stage, split_rows, files, labels, keep, image_size, base, desc
 
 
 def _prepare_demo(raw_dir: Path, stage, classes, image_size, opts, base) -> dict:
+    from histosynth.data import tissue  # scipy.ndimage: 0.3 s that every Snakemake start would pay
+
     keep = _select_classes(list(DEMO_FILES), classes, "the demo data")
     patches = {s: [] for s in SPLITS}
     labels = {s: [] for s in SPLITS}
