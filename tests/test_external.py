@@ -194,3 +194,13 @@ def test_a_threshold_filter_short_on_an_external_set_says_so(tmp_path):
     assert summary["kept"] == {"normal": 5, "tumor": 5}
     assert "seeds" not in store_info(tmp_path / "kept.h5").extras
     assert json.loads((tmp_path / "summary.json").read_text())["pool"] == 10
+
+
+def test_a_second_start_up_reads_no_image_again(tmp_path, monkeypatch):
+    template = write_zenodo_layout(tmp_path / "z", n_per_class=4)
+    source = external.scan("x", template, 0, {"0": "normal", "1": "tumor"}, CLASSES)
+    first = external.content_digest(source, tmp_path / "cache.json")
+    assert len(json.loads((tmp_path / "cache.json").read_text())) == 8  # every file of every class
+    reads = []
+    monkeypatch.setattr(external, "file_sha256", lambda p: reads.append(p) or "x")
+    assert external.content_digest(source, tmp_path / "cache.json") == first and reads == []

@@ -36,7 +36,7 @@ def family_of(name: str, sections: dict) -> str:
     if name in FAMILIES:
         return name
     family = sections.get(name, {}).get("family")
-    if family is None or family == name == EXTERNAL:
+    if family is None:
         raise InputError(f"config generators: '{name}' is not a generator family ({', '.join(FAMILIES)}) and "
                          f"generator.{name} names none: add `generator: {{{name}: {{family: <one of those>}}}}`")
     return family
@@ -57,11 +57,11 @@ def resolve_generators(names, sections: dict, family_schemas: dict) -> dict[str,
     variants = [name for name in sections if name not in FAMILIES]
     for name in dict.fromkeys([*names, *variants]):
         family = family_of(name, sections)
-        if name == family:
-            resolved[name] = {**sections[family], "family": family}
-            continue
         if family == EXTERNAL:
             resolved[name] = _external(name, sections[name], family_schemas[EXTERNAL])
+            continue
+        if name == family:
+            resolved[name] = {**sections[family], "family": family}
             continue
         if family not in FAMILIES:
             raise InputError(f"config generator.{name}.family is '{family}', expected one of "

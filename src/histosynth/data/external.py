@@ -164,8 +164,11 @@ def content_digest(source: Source, cache_path) -> str:
     names and location, different when an image or the class mapping changes."""
     h = hashlib.sha256()
     if source.files is not None:
-        for c in sorted(source.files):
-            for digest in sorted(cached_sha256(source.files[c], cache_path)):
+        classes = sorted(source.files)
+        # One pass over every file: the cache keeps exactly the entries of the last call.
+        digests = iter(cached_sha256([f for c in classes for f in source.files[c]], cache_path))
+        for c in classes:
+            for digest in sorted(next(digests) for _ in source.files[c]):
                 h.update(f"{c}\t{digest}\n".encode())
     else:  # the store's bytes and how its classes map
         h.update(cached_sha256([source.path], cache_path)[0].encode() + json.dumps(source.classes, sort_keys=True).encode())
