@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from histosynth.errors import InputError
 
@@ -146,7 +147,8 @@ def cached_sha256(paths: list[Path], cache_path) -> list[str]:
     except (OSError, ValueError):
         cache = {}
     fresh, out = {}, []
-    for p in paths:
+    # Only a large set's first start-up takes long enough to show.
+    for p in tqdm(paths, desc=f"hashing for {cache_path.parent}", unit="file", disable=len(paths) < 1000):
         st = Path(p).stat()
         key = str(Path(p).resolve())
         entry = cache.get(key)
@@ -171,7 +173,8 @@ def content_digest(source: Source, cache_path) -> str:
             for digest in sorted(next(digests) for _ in source.files[c]):
                 h.update(f"{c}\t{digest}\n".encode())
     else:  # the store's bytes and how its classes map
-        h.update(cached_sha256([source.path], cache_path)[0].encode() + json.dumps(source.classes, sort_keys=True).encode())
+        h.update(cached_sha256([source.path], cache_path)[0].encode())
+        h.update(json.dumps(source.classes, sort_keys=True).encode())
     return h.hexdigest()
 
 
@@ -186,10 +189,11 @@ def _folder_images(source: Source, c: str, take, image_size: int):
 
     from histosynth.data.prepare import UNREADABLE_IMAGE, resize_images
 
-    files = sorted((file_sha256(p), str(p.relative_to(source.path))) for p in source.files[c])
+    files = sorted((file_sha256(p), str(p.relative_to(source.path)))
+                   for p in tqdm(source.files[c], desc=f"hash {c}", unit="file", mininterval=5))
     chosen = [files[i] for i in take(len(files))]
     images = np.empty((len(chosen), image_size, image_size, 3), np.uint8)
-    for i, (digest, rel) in enumerate(chosen):
+    for i, (digest, rel) in enumerate(tqdm(chosen, desc=f"read {c}", unit="image", mininterval=5)):
         data = (source.path / rel).read_bytes()
         if hashlib.sha256(data).hexdigest() != digest:
             raise InputError(f"{source.path / rel}: changed while the set was being imported; run again")
